@@ -1,0 +1,214 @@
+"""`SafetyMixDataModule`: benign and harmful requests with safety labels, tokenized for `SafetySignalLM`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import partial
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from datamodules.encoding import EncodedExample, ProbeConfig, collate_examples, encode_example
+from datamodules.refusals import REFUSAL_GUIDE, affirmative_opening, write_refusal
+from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
+from lightning_modules.masks import Phase
+from lightning_modules.model_loading import cls_token_id, load_tokenizer
+
+
+def default_sources() -> list[DataSource]:
+    harmful = ["advbench", "donotanswer_harmful", "harmbench_val"]
+    benign = ["sharegpt", "gsm_symbolic"]
+    return [DataSource(name) for name in harmful + benign]
+
+
+@dataclass
+class TrainingExample:
+    """A record ready to encode: `prefill` is an opening the model must recover from (no LM loss)."""
+
+    prompt: str
+    response: str
+    label: int
+    category: str
+    source: str
+    prefill: str = ""
+    prefill_harmful: bool = False
+
+
+@dataclass
+class MixSplit:
+    train: list[TrainingExample] = field(default_factory=list)
+    val: list[TrainingExample] = field(default_factory=list)
+
+
+def build_mix(
+    harmful_records: list[SafetyRecord],
+    benign_records: list[SafetyRecord],
+    num_harmful: int | None,
+    benign_per_harmful: float,
+    prefill_fraction: float,
+    val_fraction: float,
+    seed: int,
+    guide: str = REFUSAL_GUIDE,
+) -> MixSplit:
+    """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
+
+    The split is by prompt (after de-duplication), so no prompt is in both train and val, and a
+    prefill-recovery copy always lands in the split of its prompt.
+    """
+    rng = random.Random(seed)
+    harmful = _dedupe(harmful_records)
+    benign = _dedupe(benign_records)
+    rng.shuffle(harmful)
+    rng.shuffle(benign)
+    if num_harmful is not None:
+        harmful = harmful[:num_harmful]
+
+    examples: list[tuple[str, TrainingExample]] = []
+    for rec in harmful:
+        refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
+        examples.append((rec.prompt, TrainingExample(rec.prompt, refusal, 1, rec.category, rec.source)))
+    for rec in harmful[: round(prefill_fraction * len(harmful))]:
+        refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
+        opening = affirmative_opening(rec.prompt, rng)
+        examples.append(
+            (rec.prompt, TrainingExample(rec.prompt, refusal, 1, rec.category, rec.source, opening, True))
+        )
+    n_benign = round(benign_per_harmful * len(examples))
+    if n_benign > len(benign):
+        raise ValueError(
+            f"benign_per_harmful={benign_per_harmful} needs {n_benign} benign records but the benign sources "
+            f"hold {len(benign)}; add benign sources or lower the ratio / num_harmful"
+        )
+    for rec in benign[:n_benign]:
+        examples.append((rec.prompt, TrainingExample(rec.prompt, rec.response, 0, rec.category, rec.source)))
+
+    prompts = sorted({p for p, _ in examples})
+    rng.shuffle(prompts)
+    val_prompts = set(prompts[: round(val_fraction * len(prompts))])
+    split = MixSplit()
+    for prompt, ex in examples:
+        (split.val if prompt in val_prompts else split.train).append(ex)
+    rng.shuffle(split.train)
+    return split
+
+
+def _dedupe(records: list[SafetyRecord]) -> list[SafetyRecord]:
+    seen: set[str] = set()
+    out = []
+    for rec in records:
+        key = " ".join(rec.prompt.lower().split())
+        if key not in seen:
+            seen.add(key)
+            out.append(rec)
+    return out
+
+
+class SafetyMixDataModule(L.LightningDataModule):
+    """Benign (label 0) and harmful (label 1) requests mixed at a seeded ratio.
+
+    Harmful prompts get the project's reasoned refusals ("Sorry, I can't fulfill your request
+    because ..."); a share of them also appears as prefill-recovery examples (an affirmative
+    opening, then the refusal). Held-out evaluation sets are refused as training sources.
+
+    Args:
+        model_name: the tokenizer to use (linked to the model's `model_name` by `main.py`).
+        sources: typed sources (built-in names, local JSONL/CSV, `hf:` dataset ids); records with
+            label 1 are the harmful pool, label 0 the benign pool.
+        num_harmful: harmful prompts to sample (None = all).
+        benign_per_harmful: benign examples per harmful example (1.0 = the paper's 50/50 mix).
+        prefill_fraction: share of harmful prompts that also get a prefill-recovery copy.
+        probes: the windows probe tokens are trained on.
+        phase: `sft` uses the chat template; `pretrain` uses plain text.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "smollm2-135m-instruct",
+        sources: list[DataSource] | None = None,
+        num_harmful: int | None = None,
+        benign_per_harmful: float = 1.0,
+        prefill_fraction: float = 0.25,
+        val_fraction: float = 0.1,
+        probes: ProbeConfig | None = None,
+        phase: Phase = "sft",
+        max_length: int = 256,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        guide: str = REFUSAL_GUIDE,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.sources = sources if sources is not None else default_sources()
+        for source in self.sources:
+            if source.path is None and is_heldout(source.name):
+                raise ValueError(
+                    f"source {source.name!r} is held out for evaluation and never used for training; "
+                    f"training sources: {', '.join(builtin_source_names(heldout=False))}"
+                )
+        self.num_harmful = num_harmful
+        self.benign_per_harmful = benign_per_harmful
+        self.prefill_fraction = prefill_fraction
+        self.val_fraction = val_fraction
+        self.probes = probes or ProbeConfig()
+        self.phase = phase
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.guide = guide
+        self.train_set: list[EncodedExample] = []
+        self.val_set: list[EncodedExample] = []
+
+    def setup(self, stage: str) -> None:
+        if self.train_set:
+            return
+        tokenizer = load_tokenizer(self.model_name)
+        self.tokenizer = tokenizer
+        records = [rec for src in self.sources for rec in load_source(src, seed=self.seed)]
+        harmful = [rec for rec in records if rec.label == 1]
+        benign = [rec for rec in records if rec.label == 0]
+        split = build_mix(
+            harmful, benign, self.num_harmful, self.benign_per_harmful, self.prefill_fraction,
+            self.val_fraction, self.seed, self.guide,
+        )
+        encode = partial(
+            encode_example, tokenizer, probe_config=self.probes, chat_template=self.phase == "sft",
+            max_length=self.max_length,
+        )
+        self.train_set = self._encode(split.train, encode, "train")
+        self.val_set = self._encode(split.val, encode, "val")
+
+    def _encode(self, examples: list[TrainingExample], encode, name: str) -> list[EncodedExample]:
+        encoded = [
+            encode(ex.prompt, ex.response, ex.label, prefill=ex.prefill, prefill_harmful=ex.prefill_harmful)
+            for ex in examples
+        ]
+        kept = [e for e in encoded if e is not None]
+        n_harmful = sum(e.label for e in kept)
+        tokens = sum(len(e.input_ids) for e in kept)
+        rank_zero_info(
+            f"[data] {name}: {len(kept)} examples ({n_harmful} harmful, {len(kept) - n_harmful} benign), "
+            f"{tokens} tokens, {len(encoded) - len(kept)} dropped (prompt longer than max_length={self.max_length})"
+        )
+        return kept
+
+    def _loader(self, dataset: list[EncodedExample], shuffle: bool) -> DataLoader:
+        collate = partial(
+            collate_examples, pad_token_id=self.tokenizer.pad_token_id, cls_id=cls_token_id(self.tokenizer),
+            phase=self.phase,
+        )
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

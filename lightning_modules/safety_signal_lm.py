@@ -1,0 +1,248 @@
+"""`SafetySignalLM`: a Hugging Face causal LM trained together with an explicit `[CLS]` safety classifier."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from datamodules.encoding import IGNORE_INDEX
+from lightning_modules.masks import Phase, Role, build_training_mask
+from lightning_modules.model_loading import CLS_TOKEN, cls_token_id, load_causal_lm, load_tokenizer
+
+HEAD_FILE = "safety_head.safetensors"
+SAFETY_CONFIG_FILE = "safety_config.json"
+
+
+def _classifier_metrics(prefix: str) -> MetricCollection:
+    return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}, prefix=prefix)
+
+
+class SafetySignalLM(L.LightningModule):
+    """The LM plus `Linear(hidden, 1)` on the final-normed hidden state of `[CLS]` and its probes.
+
+    Loss = LM cross-entropy on response tokens + `cls_weight` * BCE over every classifier token.
+    The HF model is unmodified: the phase's 4D mask and position ids do all the work.
+
+    Args:
+        model_name: a hub id, a local HF folder, or a built-in name (`smollm2-135m-instruct`).
+        phase: `sft` ([CLS] reads the query, responses read [CLS]) or `pretrain` ([CLS] reads
+            all text, nothing reads [CLS]).
+        cls_weight: lambda in `L_lm + lambda * L_cls` (paper: 0.1 SFT from base, 0.01 otherwise).
+        dtype: parameter dtype (`float32`, `bfloat16`, `float16`).
+        attn_implementation: `sdpa` or `eager` (both take 4D additive masks; FlashAttention-2 does not).
+        trust_remote_code: only if you trust the model repository.
+        config_overrides: build a randomly initialised model from the overridden config (tiny stand-ins).
+        lr / head_lr: AdamW learning rates for the LM and for the new head (`head_lr` defaults to `lr`).
+        warmup_steps: linear warmup, then cosine decay to 10% over the run.
+        gradient_checkpointing: trade compute for activation memory.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "smollm2-135m-instruct",
+        phase: Phase = "sft",
+        cls_weight: float = 0.1,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        lr: float = 2e-5,
+        head_lr: float | None = None,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager' (4D masks), got {attn_implementation!r}")
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(model_name, trust_remote_code)
+        self.cls_id = cls_token_id(self.tokenizer)
+        self.model: nn.Module | None = None
+        self.head: nn.Linear | None = None
+        self._hidden: torch.Tensor | None = None
+        self.train_metrics = _classifier_metrics("train/cls_")
+        self.val_metrics = _classifier_metrics("val/cls_")
+        self.val_probe_metrics = _classifier_metrics("val/probe_")
+        self.test_metrics = _classifier_metrics("test/cls_")
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = load_causal_lm(
+            hp.model_name,
+            self.tokenizer,
+            dtype=hp.dtype,
+            attn_implementation=hp.attn_implementation,
+            trust_remote_code=hp.trust_remote_code,
+            config_overrides=hp.config_overrides,
+        )
+        if hp.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        # Zero init: the classifier starts undecided (p = 0.5) instead of at a random verdict.
+        self.head = nn.Linear(self.model.config.get_text_config().hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.model.get_decoder().register_forward_hook(self._capture_hidden)
+
+    def _capture_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
+        # The decoder's output is the final-normed hidden state the LM head reads; hooking it
+        # keeps the full model forward (and any model-specific logit processing) untouched.
+        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Malicious logit(s) from final-normed hidden state(s) `[..., H]`."""
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`."""
+        roles = batch["roles"]
+        mask = build_training_mask(
+            roles, batch["window_query"], batch["window_start"], batch["window_end"], self.hparams.phase,
+            dtype=self.model.dtype,
+        )
+        n_real = roles.shape[1] - batch["num_probe_slots"]
+        out = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=batch["position_ids"],
+            logits_to_keep=n_real,
+            use_cache=False,
+        )
+        return out.logits, self.classify(self._hidden)
+
+    def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        lm_logits, cls_logits = self(batch)
+        targets = batch["lm_targets"][:, batch["num_probe_slots"] :]
+        lm_loss = self.lm_loss(lm_logits, targets)
+        labels = batch["cls_labels"]
+        is_classifier = labels >= 0
+        cls_loss = F.binary_cross_entropy_with_logits(cls_logits[is_classifier].float(), labels[is_classifier])
+        return {
+            "loss": lm_loss + self.hparams.cls_weight * cls_loss,
+            "lm_loss": lm_loss,
+            "cls_loss": cls_loss,
+            "cls_logits": cls_logits,
+        }
+
+    @staticmethod
+    def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy, mean over target tokens (same reduction as HF's causal LM loss)."""
+        shift_targets = targets[:, 1:]
+        if not (shift_targets != IGNORE_INDEX).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), shift_targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.compute_losses(batch)
+        n = batch["input_ids"].shape[0]
+        self.log_dict(
+            {"train/loss": out["loss"], "train/lm_loss": out["lm_loss"], "train/cls_loss": out["cls_loss"]},
+            prog_bar=True, batch_size=n,
+        )
+        is_cls = batch["roles"] == Role.CLS
+        self.train_metrics.update(out["cls_logits"][is_cls].detach().float().sigmoid(), batch["cls_labels"][is_cls].long())
+        return out["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics, self.val_probe_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics, None)
+
+    def _eval_step(self, batch, stage: str, cls_metrics: MetricCollection, probe_metrics: MetricCollection | None):
+        out = self.compute_losses(batch)
+        n = batch["input_ids"].shape[0]
+        self.log_dict(
+            {f"{stage}/loss": out["loss"], f"{stage}/lm_loss": out["lm_loss"], f"{stage}/cls_loss": out["cls_loss"]},
+            prog_bar=stage == "val", batch_size=n, sync_dist=True,
+        )
+        probs = out["cls_logits"].float().sigmoid()
+        labels = batch["cls_labels"]
+        is_cls = batch["roles"] == Role.CLS
+        cls_metrics.update(probs[is_cls], labels[is_cls].long())
+        if probe_metrics is not None:
+            is_probe = (batch["roles"] == Role.PROBE) & (labels >= 0)
+            probe_metrics.update(probs[is_probe], labels[is_probe].long())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.log_dict(self.val_probe_metrics.compute())
+        self.val_metrics.reset()
+        self.val_probe_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        hp = self.hparams
+        head_params = list(self.head.parameters())
+        head_ids = {id(p) for p in head_params}
+        lm_params = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": lm_params, "lr": hp.lr, "weight_decay": hp.weight_decay},
+                {"params": head_params, "lr": hp.head_lr or hp.lr, "weight_decay": 0.0},
+            ]
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            progress = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ export
+    def export_pretrained(self, out_dir: str | Path) -> Path:
+        """A standard HF folder (model + tokenizer with `[CLS]`) plus the head as safetensors."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # peft adapters are folded into plain weights
+            model = model.merge_and_unload()
+        # `[CLS]` is a classifier input, never an output: plain `generate` must not emit it.
+        model.generation_config.suppress_tokens = [self.cls_id]
+        model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}, out / HEAD_FILE)
+        config = {"cls_token": CLS_TOKEN, "cls_token_id": self.cls_id, "phase": self.hparams.phase,
+                  "cls_weight": self.hparams.cls_weight}
+        (out / SAFETY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        return out
+
+    @classmethod
+    def from_exported(cls, path: str | Path, **overrides: Any) -> "SafetySignalLM":
+        """Load a folder written by `export_pretrained` (weights via safetensors only)."""
+        path = Path(path)
+        config = json.loads((path / SAFETY_CONFIG_FILE).read_text())
+        module = cls(model_name=str(path), phase=config["phase"], cls_weight=config["cls_weight"], **overrides)
+        module.configure_model()
+        module.head.load_state_dict(load_file(path / HEAD_FILE))
+        return module
