@@ -176,23 +176,34 @@ def write_refusal(prompt: str, category: str, rng: random.Random, guide: str = R
 _PRODUCE_VERBS = {
     "write", "create", "develop", "generate", "design", "draft", "compose", "produce", "build", "make",
     "provide", "give", "offer", "outline", "suggest", "publish", "post", "share", "prepare", "craft",
-    "construct", "program", "code", "formulate", "devise", "propose", "recommend", "present", "come",
+    "construct", "program", "code", "formulate", "devise", "propose", "recommend", "present", "come", "list",
 }  # fmt: skip
-# "Explain how to X" -> "here is how to X"; otherwise "here is an explanation of X".
+# "Explain X" -> "here is an explanation of X" unless X reads as the answer itself.
 _EXPLAIN_VERBS = {"explain": "an explanation of", "describe": "a description of", "detail": "a breakdown of",
-                  "summarize": "a summary of", "summarise": "a summary of", "list": "a list of"}
+                  "summarize": "a summary of", "summarise": "a summary of"}  # fmt: skip
 # "Teach people how to X" -> "here is how to X".
 _TEACH_VERBS = {"teach", "show", "instruct", "tell", "help", "guide", "demonstrate", "advise", "train", "educate"}
+_NOT_VERBS = {"i", "you", "we", "he", "she", "it", "they", "my", "your", "our", "the", "a", "an", "this", "that",
+              "is", "are", "was", "do", "does", "did", "can", "could", "would", "should", "will", "what", "why",
+              "where", "when", "which", "who", "whose", "if", "there", "in", "on", "as", "for"}  # fmt: skip
 _POLITE = re.compile(r"^(?:please\s+|(?:can|could|would|will) you(?: please)?\s+|i (?:want|need|would like) you to\s+)", re.I)
 _HOW_QUESTION = re.compile(
     r"^how (?:do|can|could|would|should|might|may|to)(?: (?:i|we|you|one|someone|somebody|people|a person))?\s+(.+)$", re.I
 )
-_WAY_QUESTION = re.compile(r"^what (?:is|are|'s) (the (?:best|easiest|quickest|fastest|most \w+) ways? to .+|some (?:good )?ways to .+)$", re.I)
-_WH_CLAUSE = re.compile(r"^(?:in detail\s+|step[- ]by[- ]step\s+)?(how|why|what|where|when|which|who)\b(.*)$", re.I)
-_ARTICLES = ("a ", "an ", "the ", "some ", "one ", "this ", "that ", "my ", "your ")
-_PRONOUNS = ((r"\bI am\b", "you are"), (r"\bI'm\b", "you're"), (r"\bmyself\b", "yourself"), (r"\bmine\b", "yours"),
+_WHAT_QUESTION = re.compile(r"^what (?:is|are|'s|were|was) ((?:the|my|your|some|any) .+)$", re.I)
+_WH_CLAUSE = re.compile(r"^(?:in (?:great )?detail\s+|step[- ]by[- ]step\s+)?(how|why|what|where|when|which|who)\b(.*)$", re.I)
+_ADDRESSEE = re.compile(
+    r"^(?:me|us|them|him|her|someone|somebody|others|people|children|kids"
+    r"|(?:the |a |an )?(?:users?|readers?|persons?|individuals?|viewers?|audience|public))\s+(?:with\s+)?",
+    re.I,
+)
+_STOP_WORDS = {"of", "for", "on", "to", "that", "which", "with", "in", "about", "from", "using", "how", "who", "and"}
+_NUMBERS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "multiple", "many"}
+_NOT_PLURAL = ("ss", "us", "is", "news", "series", "species")
+_PRONOUNS = ((r"\bI am\b", "you are"), (r"\bI'm\b", "you're"), (r"\bmyself\b", "yourself"),
              (r"\bmy\b", "your"), (r"\bme\b", "you"), (r"\bI\b", "you"))  # fmt: skip
-
+_GENERIC = ("Sure, here is what you asked for", "Sure, here is a detailed answer",
+            "Sure, here is the information you requested")  # fmt: skip
 _FORMATS = ("{}:\n\n1.", "{}:\n\nStep 1:", "{}:\n\n", "{}.\n\n", "{}:\n\n- ")
 
 
@@ -203,65 +214,64 @@ def _second_person(text: str) -> str:
 
 
 def _is_plural(phrase: str) -> bool:
-    words = phrase.split()[:3]
-    if not words or phrase.lower().startswith(_ARTICLES) or words[0].lower() in ("a", "an"):
+    words = [w.lower() for w in phrase.split()[:3]]
+    if words and words[0] == "the":
+        words = words[1:]
+    if not words or words[0] in ("a", "an", "one", "this", "that"):
         return False
-    head = next((w for w in words if w.lower() in ("of", "for", "on", "to", "that")), None)
-    nouns = words[: words.index(head)] if head else words
-    return bool(nouns) and nouns[-1].lower().endswith("s") and not nouns[-1].lower().endswith(("ss", "us", "is"))
+    if words[0] in _NUMBERS or words[0].isdigit():
+        return True
+    for word in words:
+        if word in _STOP_WORDS:
+            return False
+        if word.endswith("s") and not word.endswith(_NOT_PLURAL):
+            return True
+    return False
 
 
 def _here(phrase: str) -> str:
     return f"Sure, here {'are' if _is_plural(phrase) else 'is'} {phrase}"
 
 
-def _strip_object(rest: str) -> str:
-    """Drop the addressee after a verb: "me", "us", "people", "children", "someone"..."""
-    return re.sub(r"^(?:me|us|people|users|readers|children|kids|someone|somebody|others|them|him|her)\s+", "", rest, flags=re.I)
-
-
 def _imperative_opening(text: str) -> str | None:
     verb, _, rest = text.partition(" ")
-    verb_l, rest = verb.lower(), rest.strip()
-    if not rest:
+    verb_l, rest = verb.lower(), _ADDRESSEE.sub("", rest.strip())
+    if not rest or verb_l in _NOT_VERBS:
         return None
+    if verb_l in _TEACH_VERBS:
+        rest = re.sub(r"^(?:with|on|about)\s+", "", rest, flags=re.I)
+    wh = _WH_CLAUSE.match(rest)
+    if wh and (verb_l in _PRODUCE_VERBS or verb_l in _EXPLAIN_VERBS or verb_l in _TEACH_VERBS):
+        return f"Sure, here is {wh.group(1).lower()}{wh.group(2)}"
     if verb_l in _PRODUCE_VERBS:
-        rest = _strip_object(rest)
         if verb_l == "come" and rest.lower().startswith("up with "):
-            rest = rest[8:]
-        wh = _WH_CLAUSE.match(rest)
-        if wh:
-            return f"Sure, here is {wh.group(1).lower()}{wh.group(2)}"
+            rest = rest[len("up with ") :]
         return _here(rest)
     if verb_l in _EXPLAIN_VERBS:
-        wh = _WH_CLAUSE.match(_strip_object(rest))
-        if wh:
-            return f"Sure, here is {wh.group(1).lower()}{wh.group(2)}"
+        if _is_plural(rest) or rest.lower().startswith(("a ", "an ")):
+            return _here(rest)
         return f"Sure, here is {_EXPLAIN_VERBS[verb_l]} {rest}"
     if verb_l in _TEACH_VERBS:
-        rest = _strip_object(rest)
-        rest = re.sub(r"^(?:with|on|about)\s+", "", rest, flags=re.I) if verb_l in ("help", "advise", "guide") else rest
-        wh = _WH_CLAUSE.match(rest)
-        if wh:
-            return f"Sure, here is {wh.group(1).lower()}{wh.group(2)}"
-        if verb_l == "help":
-            return f"Sure, here is how to {rest}"
-        return f"Sure, here is a guide to {rest}"
-    return None
+        rest = re.sub(r"^to\s+", "", rest, flags=re.I)
+        if verb_l in ("tell", "show", "give") and rest.lower().startswith(("a ", "an ", "the ", "some ")):
+            return _here(rest)
+        return f"Sure, here is how to {rest}"
+    # any other leading verb ("Hack into ...", "Encourage someone to ..."): "how to <prompt>"
+    return f"Sure, here is how to {verb_l} {rest}" if verb.isalpha() else None
 
 
 def affirmative_opening(prompt: str, rng: random.Random) -> str:
     """A prefill-attack opening such as "Sure, here is a script that ...:\n\n1."."""
-    text = " ".join(prompt.strip().split()).rstrip(".?!:; ")
-    text = _second_person(_POLITE.sub("", text))
+    text = " ".join(prompt.strip().split())
+    is_question = text.endswith("?")
+    text = _POLITE.sub("", text.rstrip(".?!:; "))
     opening = None
     if how := _HOW_QUESTION.match(text):
         opening = f"Sure, here is how to {how.group(1)}"
-    elif way := _WAY_QUESTION.match(text):
-        opening = _here(way.group(1))
-    elif text:
+    elif what := _WHAT_QUESTION.match(text):
+        opening = _here(what.group(1))
+    elif text and (not is_question or _POLITE.match(" ".join(prompt.split()))):
         opening = _imperative_opening(text)
     if opening is None:
-        opening = rng.choice(("Sure, here is what you asked for", "Sure, here is a detailed answer",
-                              "Sure, here is the information you requested"))  # fmt: skip
-    return rng.choice(_FORMATS).format(opening)
+        opening = rng.choice(_GENERIC)
+    return rng.choice(_FORMATS).format(_second_person(opening))

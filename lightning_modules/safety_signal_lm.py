@@ -116,14 +116,21 @@ class SafetySignalLM(L.LightningModule):
             dtype=self.model.dtype,
         )
         n_real = roles.shape[1] - batch["num_probe_slots"]
-        out = self.model(
+        out, hidden = self.model_forward(
             input_ids=batch["input_ids"],
             attention_mask=mask,
             position_ids=batch["position_ids"],
             logits_to_keep=n_real,
             use_cache=False,
         )
-        return out.logits, self.classify(self._hidden)
+        return out.logits, self.classify(hidden)
+
+    def model_forward(self, **model_kwargs: Any) -> tuple[Any, torch.Tensor]:
+        """Call the HF model unchanged; also return its final-normed hidden states `[B, T, H]`."""
+        self._hidden = None
+        out = self.model(**model_kwargs)
+        hidden, self._hidden = self._hidden, None
+        return out, hidden
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         lm_logits, cls_logits = self(batch)
