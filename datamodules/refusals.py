@@ -186,12 +186,18 @@ _TEACH_VERBS = {"teach", "show", "instruct", "tell", "help", "guide", "demonstra
 _NOT_VERBS = {"i", "you", "we", "he", "she", "it", "they", "my", "your", "our", "the", "a", "an", "this", "that",
               "is", "are", "was", "do", "does", "did", "can", "could", "would", "should", "will", "what", "why",
               "where", "when", "which", "who", "whose", "if", "there", "in", "on", "as", "for"}  # fmt: skip
-_POLITE = re.compile(r"^(?:please\s+|(?:can|could|would|will) you(?: please)?\s+|i (?:want|need|would like) you to\s+)", re.I)
+_POLITE = re.compile(
+    r"^(?:please\s+|(?:can|could|would|will) you(?: please)?\s+|i (?:want|need|would like) you to\s+)", re.I
+)
 _HOW_QUESTION = re.compile(
-    r"^how (?:do|can|could|would|should|might|may|to)(?: (?:i|we|you|one|someone|somebody|people|a person))?\s+(.+)$", re.I
+    r"^how (?:do|can|could|would|should|might|may|to)"
+    r"(?: (?:i|we|you|one|someone|somebody|people|a person))?\s+(.+)$",
+    re.I,
 )
 _WHAT_QUESTION = re.compile(r"^what (?:is|are|'s|were|was) ((?:the|my|your|some|any) .+)$", re.I)
-_WH_CLAUSE = re.compile(r"^(?:in (?:great )?detail\s+|step[- ]by[- ]step\s+)?(how|why|what|where|when|which|who)\b(.*)$", re.I)
+_WH_CLAUSE = re.compile(
+    r"^(?:in (?:great )?detail\s+|step[- ]by[- ]step\s+)?(how|why|what|where|when|which|who)\b(.*)$", re.I
+)
 _ADDRESSEE = re.compile(
     r"^(?:me|us|them|him|her|someone|somebody|others|people|children|kids"
     r"|(?:the |a |an )?(?:users?|readers?|persons?|individuals?|viewers?|audience|public))\s+(?:with\s+)?",
@@ -253,7 +259,7 @@ def _imperative_opening(text: str) -> str | None:
         return f"Sure, here is {_EXPLAIN_VERBS[verb_l]} {rest}"
     if verb_l in _TEACH_VERBS:
         rest = re.sub(r"^to\s+", "", rest, flags=re.I)
-        if verb_l in ("tell", "show", "give") and rest.lower().startswith(("a ", "an ", "the ", "some ")):
+        if verb_l in ("tell", "show") and rest.lower().startswith(("a ", "an ", "the ", "some ")):
             return _here(rest)
         return f"Sure, here is how to {rest}"
     # any other leading verb ("Hack into ...", "Encourage someone to ..."): "how to <prompt>"

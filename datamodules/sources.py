@@ -220,10 +220,12 @@ def _advbench_category(prompt: str, harm_categories: list[str]) -> str:
 
 def _load_advbench(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return [
-        SafetyRecord(s["value"].strip(), "", 1, _advbench_category(s["value"], s.get("harm_categories") or []), "advbench")
-        for s in data["seeds"]
-    ]
+    records = []
+    for seed_entry in data["seeds"]:
+        prompt = seed_entry["value"].strip()
+        category = _advbench_category(prompt, seed_entry.get("harm_categories") or [])
+        records.append(SafetyRecord(prompt, "", 1, category, "advbench"))
+    return records
 
 
 DONOTANSWER_HARMFUL_FILES = (
@@ -335,10 +337,10 @@ def _load_rho_overrefusal(path: Path, seed: int, limit: int | None) -> list[Safe
 SHAREGPT_PROMPT_CHARS = (10, 1000)
 SHAREGPT_RESPONSE_CHARS = (20, 2500)
 SHAREGPT_MIN_ASCII = 0.95  # share of ASCII characters; drops non-English conversations
-SHAREGPT_FILTER_VERSION = 1  # bump when the filters change, so old caches are ignored
+SHAREGPT_FILTER_VERSION = 2  # bump when the filters change, so old caches are ignored
 _ROLEPLAY = re.compile(
-    r"\b(?:pretend|act as|acting as|role[- ]?play|jailbr[eo]ak|ignore (?:all |any )?(?:the |your )?(?:previous|prior|above)"
-    r"|developer mode|do anything now)\b",
+    r"\b(?:pretend\w*|act(?:s|ing)? as|role[- ]?play\w*|jailbr[eo]ak\w*|developer mode|do anything now"
+    r"|ignore (?:all |any )?(?:the |your )?(?:previous|prior|above))\b",
     re.IGNORECASE,
 )
 _DAN = re.compile(r"\bDAN\b")
@@ -435,7 +437,8 @@ def _sharegpt_pairs(path: Path, size: int, mtime_ns: int) -> tuple[tuple[str, st
 
 def _load_sharegpt(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
     stat = path.stat()
-    return [SafetyRecord(p, r, 0, "general", "sharegpt") for p, r in _sharegpt_pairs(path, stat.st_size, stat.st_mtime_ns)]
+    pairs = _sharegpt_pairs(path, stat.st_size, stat.st_mtime_ns)
+    return [SafetyRecord(p, r, 0, "general", "sharegpt") for p, r in pairs]
 
 
 # --------------------------------------------------------------------------- GSM-Symbolic (benign)
