@@ -25,6 +25,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
+from evaluation.judges import REFUSAL_PHRASES, is_refusal
+from lightning_modules.model_loading import cache_dir
+
 RECORD_FIELDS = ("prompt", "response", "label", "category", "target")
 
 
@@ -337,19 +340,13 @@ def _load_rho_overrefusal(path: Path, seed: int, limit: int | None) -> list[Safe
 SHAREGPT_PROMPT_CHARS = (10, 1000)
 SHAREGPT_RESPONSE_CHARS = (20, 2500)
 SHAREGPT_MIN_ASCII = 0.95  # share of ASCII characters; drops non-English conversations
-SHAREGPT_FILTER_VERSION = 2  # bump when the filters change, so old caches are ignored
+SHAREGPT_FILTER_VERSION = 3  # bump when the filters change, so old caches are ignored
 _ROLEPLAY = re.compile(
     r"\b(?:pretend\w*|act(?:s|ing)? as|role[- ]?play\w*|jailbr[eo]ak\w*|developer mode|do anything now"
     r"|ignore (?:all |any )?(?:the |your )?(?:previous|prior|above))\b",
     re.IGNORECASE,
 )
 _DAN = re.compile(r"\bDAN\b")
-REFUSAL_PHRASES = (
-    "i'm sorry", "i am sorry", "i apologize", "as an ai", "as a language model", "as an artificial intelligence",
-    "i cannot", "i can't", "i can not", "i'm not able to", "i am not able to", "i'm unable", "i am unable",
-    "i do not have the ability", "i don't have the ability", "i won't be able", "not able to provide",
-)  # fmt: skip
-_REFUSAL = re.compile("|".join(re.escape(p) for p in REFUSAL_PHRASES), re.IGNORECASE)
 
 
 def _ascii_share(text: str) -> float:
@@ -381,7 +378,7 @@ def sharegpt_keep(prompt: str, response: str) -> bool:
         and _ascii_share(response) >= SHAREGPT_MIN_ASCII
         and not _ROLEPLAY.search(prompt)
         and not _DAN.search(prompt)
-        and not _REFUSAL.search(response)
+        and not is_refusal(response)
     )
 
 
@@ -400,10 +397,6 @@ def _sharegpt_filter(path: Path) -> list[list[str]]:
         seen.add(prompt)
         pairs.append([prompt, response])
     return pairs
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SAFETY_SIGNAL_CACHE", "~/.cache/safety-signal")).expanduser()
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

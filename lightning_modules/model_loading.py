@@ -21,7 +21,8 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SAFETY_SIGNAL_CACHE", Path.home() / ".cache" / "safety-signal"))
+    """Where converted built-in models and filtered data caches live (`$SAFETY_SIGNAL_CACHE`)."""
+    return Path(os.environ.get("SAFETY_SIGNAL_CACHE", "~/.cache/safety-signal")).expanduser()
 
 
 def resolve_model_path(name: str) -> str:

@@ -89,6 +89,7 @@ class SafetySignalLM(L.LightningModule):
             trust_remote_code=hp.trust_remote_code,
             config_overrides=hp.config_overrides,
         )
+        self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False

@@ -32,7 +32,7 @@ EXPECTED = {
     "alpaca_eval": (805, 0),
     "rho_overrefusal": (150, 0),
 }
-SHAREGPT_COUNT = 6235
+SHAREGPT_COUNT = 6228
 
 
 @pytest.fixture()
