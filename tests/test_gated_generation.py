@@ -1,0 +1,391 @@
+"""Safety-gated generation against the real library: HF `generate` and from-scratch full forwards."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from datamodules.encoding import encode_prompt
+from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator, filter_logits
+from lightning_modules.masks import Role, build_position_ids, build_training_mask
+from lightning_modules.safety_signal_lm import SafetySignalLM
+from tests.conftest import tiny_overrides
+
+PROMPTS = [
+    "How do I bake bread?",
+    "Tell me a long story about a dragon who guards a library in the mountains.",
+    "hi",
+]
+
+
+@pytest.fixture(scope="module")
+def lively_module() -> SafetySignalLM:
+    """The tiny Llama with a wider init: the default init emits one token forever, which proves little."""
+    torch.manual_seed(0)
+    module = SafetySignalLM(config_overrides={**tiny_overrides(), "initializer_range": 0.2})
+    module.configure_model()
+    return module.eval()
+
+
+@contextlib.contextmanager
+def head_state(module: SafetySignalLM, weight_std: float = 0.0, bias: float = 0.0, seed: int = 0):
+    """Temporarily give the (zero-initialised) head random weights and a bias."""
+    saved = {k: v.clone() for k, v in module.head.state_dict().items()}
+    with torch.no_grad():
+        module.head.weight.copy_(torch.randn(module.head.weight.shape, generator=torch.Generator().manual_seed(seed)))
+        module.head.weight.mul_(weight_std)
+        module.head.bias.fill_(bias)
+    try:
+        yield module
+    finally:
+        module.head.load_state_dict(saved)
+
+
+@contextlib.contextmanager
+def phase(module: SafetySignalLM, value: str):
+    old = module.hparams.phase
+    module.hparams.phase = value
+    try:
+        yield module
+    finally:
+        module.hparams.phase = old
+
+
+def hf_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """`model.generate(do_sample=False)` on the same chat-formatted prompts (without `[CLS]`), left padded."""
+    tokenizer = module.tokenizer
+    rows = [encode_prompt(tokenizer, p).input_ids[1:] for p in prompts]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row) :] = torch.tensor(row)
+        attention[i, length - len(row) :] = 1
+    out = module.model.generate(
+        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+        suppress_tokens=[module.cls_id], pad_token_id=tokenizer.pad_token_id,
+    )
+    eos = module.model.generation_config.eos_token_id
+    result = []
+    for row in out[:, length:].tolist():
+        # HF pads finished rows; our rows stop at (and include) EOS
+        result.append(row[: row.index(eos) + 1] if eos in row else row)
+    return result
+
+
+def full_forward_probe(module, prompt: str, response: list[int], window: tuple[bool, int, int]) -> float:
+    """From scratch: `[CLS] + prompt + response + probe` with the training mask; the probe's probability."""
+    enc = encode_prompt(module.tokenizer, prompt)
+    n = len(enc.input_ids)
+    ids = torch.tensor([enc.input_ids + response + [module.cls_id]])
+    roles = torch.tensor([enc.roles + [int(Role.RESPONSE)] * len(response) + [int(Role.PROBE)]])
+    w_query, w_start, w_end = (torch.zeros_like(roles) for _ in range(3))
+    w_query = (roles == Role.CLS) | (roles == Role.PROBE) & window[0]
+    w_start[0, -1], w_end[0, -1] = n + window[1], n + window[2]
+    mask = build_training_mask(roles, w_query, w_start, w_end, module.hparams.phase, dtype=module.model.dtype)
+    with torch.no_grad():
+        _, hidden = module.model_forward(
+            input_ids=ids, attention_mask=mask, position_ids=build_position_ids(roles), use_cache=False
+        )
+        return torch.sigmoid(module.classify(hidden[0, -1]).float()).item()
+
+
+def full_forward_greedy(module, prompt: str, steps: int) -> list[int]:
+    """From scratch, no cache: greedy decoding of `[CLS] + prompt` with the training mask at every step."""
+    enc = encode_prompt(module.tokenizer, prompt)
+    ids, roles = list(enc.input_ids), list(enc.roles)
+    out = []
+    for _ in range(steps):
+        r = torch.tensor([roles])
+        zeros = torch.zeros_like(r)
+        mask = build_training_mask(r, r == Role.CLS, zeros, zeros, module.hparams.phase)
+        with torch.no_grad():
+            logits = module.model(input_ids=torch.tensor([ids]), attention_mask=mask,
+                                  position_ids=build_position_ids(r)).logits[0, -1]
+        logits[module.cls_id] = float("-inf")
+        token = int(logits.argmax())
+        out.append(token)
+        ids.append(token)
+        roles.append(int(Role.RESPONSE))
+    return out
+
+
+# ---------------------------------------------------------------------- gating off == HF generate
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "batched_padded"])
+def test_gating_off_matches_hf_generate_tiny(lively_module, prompts):
+    # pretrain phase: nothing attends [CLS], so the LM path is the unmodified model
+    with phase(lively_module, "pretrain"):
+        expected = hf_greedy(lively_module, prompts, 24)
+        ours = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=24),
+                                    chat_template=True).generate(prompts)
+    assert [o.token_ids for o in ours] == expected
+    assert len(set(expected[0])) > 3  # a varied continuation, not one repeated token
+
+
+def test_gating_off_matches_hf_generate_smollm2(smollm2_module):
+    prompts = ["What is the capital of France?", "Give me three tips for staying healthy while working from home."]
+    with phase(smollm2_module, "pretrain"):
+        config = GatingConfig(level="low", schedule="first", max_new_tokens=16)
+        generator = SafetyGatedGenerator(smollm2_module, config, chat_template=True)
+        for batch in (prompts[:1], prompts):
+            assert [o.token_ids for o in generator.generate(batch)] == hf_greedy(smollm2_module, batch, 16)
+
+
+def test_sft_cached_decoding_matches_full_forward(lively_module):
+    # sft phase: responses attend [CLS] through the cache exactly as in the training mask
+    out = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=12))
+    ours = out.generate(PROMPTS[:2])
+    for prompt, o in zip(PROMPTS[:2], ours):
+        assert o.token_ids == full_forward_greedy(lively_module, prompt, len(o.token_ids))
+
+
+# ---------------------------------------------------------------------- probes == full forward
+def _probe_case(rule: str, steps: int, r: int):
+    """Config + expected window per step for one strategic-attention rule, and a logit override."""
+    config = dict(level="low", schedule="each", max_new_tokens=steps, r1=r, r2=r, r3=r, tau=100)
+    forced: set[int] = set()
+    if rule == "R1":  # every verdict malicious: the first one puts the row in R1 for good
+        config["threshold"] = -1.0
+        windows = {t: (True, 0, min(t, r)) for t in range(1, steps)}
+    elif rule == "R2":  # nothing is ever malicious
+        config["threshold"] = 2.0
+        windows = {t: (False, max(0, t - r), t) for t in range(1, steps)}
+    else:  # R3: forced malicious at steps S..S+r, so step S+r+1 reads [S-r, S+r) and then falls back to R2
+        config["threshold"] = 0.99
+        switch = 6
+        forced = set(range(switch, switch + r + 1))
+        windows = {t: (False, max(0, t - r), t) for t in range(1, steps)}
+        windows[switch + r + 1] = (False, switch - r, switch + r)
+        windows.update({t: (False, switch - r, min(t, switch + r)) for t in forced if t > switch})
+    return config, windows, forced
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+@pytest.mark.parametrize("rule", ["R1", "R2", "R3"])
+def test_probe_through_cache_matches_full_forward(lively_module, monkeypatch, rule, fuse):
+    steps, r = 16, 3
+    config, windows, forced = _probe_case(rule, steps, r)
+    real_classify = lively_module.classify
+    calls = []
+
+    def classify(hidden):  # the n-th call is step n (schedule `each`); forced steps read as malicious
+        logits = real_classify(hidden)
+        step = len(calls)
+        calls.append(step)
+        return logits + 50.0 if step in forced else logits
+
+    with head_state(lively_module, weight_std=0.15):
+        monkeypatch.setattr(lively_module, "classify", classify)
+        outs = SafetyGatedGenerator(lively_module, GatingConfig(**config, fuse_probe=fuse)).generate(PROMPTS[:2])
+        monkeypatch.undo()
+        for prompt, out in zip(PROMPTS[:2], outs):
+            assert out.verdict_steps == list(range(steps))
+            checked = 0
+            for step, prob in zip(out.verdict_steps[1:], out.verdict_probs[1:]):
+                if step in forced:
+                    continue
+                expected = full_forward_probe(lively_module, prompt, out.token_ids[:step], windows[step])
+                assert prob == pytest.approx(expected, abs=1e-4), (step, windows[step])
+                checked += 1
+            assert checked >= steps - 1 - len(forced)
+    # the probability varies with the window (the comparison is not vacuous)
+    assert len({round(p, 4) for p in outs[0].verdict_probs}) > 3
+
+
+def test_probe_matches_full_forward_smollm2(smollm2_module):
+    config = GatingConfig(level="low", schedule="each", max_new_tokens=10, r2=4, threshold=2.0)
+    with head_state(smollm2_module, weight_std=0.05):
+        prompts = ["What is the capital of France?", "Name a fruit."]
+        outs = SafetyGatedGenerator(smollm2_module, config).generate(prompts)
+        for prompt, out in zip(prompts, outs):
+            for step, prob in zip(out.verdict_steps, out.verdict_probs):
+                if step == 0:
+                    continue
+                window = (False, max(0, step - 4), step)
+                assert prob == pytest.approx(full_forward_probe(smollm2_module, prompt, out.token_ids[:step], window),
+                                             abs=1e-4)
+
+
+# ---------------------------------------------------------------------- schedules
+@pytest.mark.parametrize(
+    "schedule, extra, expected",
+    [
+        ("each", {}, list(range(1, 30))),
+        ("first", {}, []),
+        ("periodic", {"period": 4}, [4, 8, 12, 16, 20, 24, 28]),
+        ("annealing", {"annealing": [(6, 1), (14, 4), (22, 8)]}, [1, 2, 3, 4, 5, 6, 8, 12, 16]),
+    ],
+)
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "separate"])
+def test_schedule_reevaluates_exactly_at_claimed_steps(lively_module, schedule, extra, expected, fuse):
+    probe_tokens_per_forward = []
+
+    def count(_module, args, kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] <= 2:  # decode forwards (the prefill holds the [CLS] itself)
+            probe_tokens_per_forward.append(int((ids[0] == lively_module.cls_id).sum()))
+
+    config = GatingConfig(level="low", schedule=schedule, max_new_tokens=30, fuse_probe=fuse, **extra)
+    handle = lively_module.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        out = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:1])[0]
+    finally:
+        handle.remove()
+    assert len(out.token_ids) == 30 and out.finish_reason == "length"
+    if fuse:  # one forward per decode step: forward i feeds y_{i-1} at step i
+        steps_with_probe = [i + 1 for i, n in enumerate(probe_tokens_per_forward) if n]
+        assert len(probe_tokens_per_forward) == 29
+    else:  # a separate probe forward follows the decode forward of its step
+        steps_with_probe, step = [], 0
+        for n in probe_tokens_per_forward:
+            if n:
+                steps_with_probe.append(step)
+            else:
+                step += 1
+    assert steps_with_probe == expected
+    assert out.verdict_steps == [0] + expected
+    assert out.num_probe_evaluations == len(expected)
+
+
+# ---------------------------------------------------------------------- strategic decoding
+def test_malicious_head_inserts_guide_at_step_0(lively_module):
+    with head_state(lively_module, bias=10.0):
+        config = GatingConfig(level="medium", schedule="each", max_new_tokens=20)
+        generator = SafetyGatedGenerator(lively_module, config)
+        out = generator.generate(PROMPTS[:1])[0]
+        assert out.intervention_step == 0 and out.intervened
+        assert out.token_ids[: len(generator.guide_ids)] == generator.guide_ids
+        assert out.text.startswith(config.guide)
+        assert out.verdict_probs[0] > 0.99 and len(out.token_ids) == 20  # it keeps generating after the guide
+
+        high = SafetyGatedGenerator(lively_module, GatingConfig(level="high", max_new_tokens=20)).generate(PROMPTS[:1])
+        assert high[0].text == GatingConfig().refusal and high[0].finish_reason == "refusal"
+        assert high[0].intervention_step == 0
+
+        low = SafetyGatedGenerator(lively_module, GatingConfig(level="low", max_new_tokens=20)).generate(PROMPTS[:1])
+        assert not low[0].intervened and low[0].token_ids[:3] != generator.guide_ids[:3]
+
+
+def _verdicts_by_step(module, monkeypatch, malicious_steps: set[int]):
+    """Replace the head's verdict: step n (the n-th classify call, schedule `each`) is malicious iff listed."""
+    calls = []
+
+    def classify(hidden):
+        step = len(calls)
+        calls.append(step)
+        return torch.full(hidden.shape[:-1], 10.0 if step in malicious_steps else -10.0)
+
+    monkeypatch.setattr(module, "classify", classify)
+
+
+@pytest.mark.parametrize("tau", [1, 3])
+def test_turning_malicious_inserts_after_tau_consecutive_verdicts(lively_module, monkeypatch, tau):
+    k, steps = 5, 24
+    _verdicts_by_step(lively_module, monkeypatch, set(range(k, steps)))
+    generator = SafetyGatedGenerator(lively_module, GatingConfig(level="medium", schedule="each", tau=tau,
+                                                                 max_new_tokens=steps))
+    out = generator.generate(PROMPTS[:1])[0]
+    assert out.intervention_step == k + tau - 1
+    guide = generator.guide_ids
+    assert out.token_ids[k + tau - 1 : k + tau - 1 + len(guide)] == guide
+    monkeypatch.undo()
+    plain = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=steps))
+    assert out.token_ids[: k + tau - 1] == plain.generate(PROMPTS[:1])[0].token_ids[: k + tau - 1]
+
+    _verdicts_by_step(lively_module, monkeypatch, set(range(k, steps)))
+    high = SafetyGatedGenerator(lively_module, GatingConfig(level="high", schedule="each", tau=tau,
+                                                            max_new_tokens=steps)).generate(PROMPTS[:1])[0]
+    assert high.intervention_step == k + tau - 1 and high.finish_reason == "refusal"
+    assert high.verdict_steps == list(range(k + tau))  # the row stops at the intervention
+
+
+def test_single_step_false_alarms_return_to_r2_without_insertion(lively_module, monkeypatch):
+    # isolated alarms (and two in a row, one short of tau) never add up: each benign verdict resets
+    alarms = {4, 9, 10, 15}
+    _verdicts_by_step(lively_module, monkeypatch, alarms)
+    config = GatingConfig(level="medium", schedule="each", tau=3, max_new_tokens=20)
+    out = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:1])[0]
+    monkeypatch.undo()
+    plain = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=20))
+    assert not out.intervened
+    assert out.token_ids == plain.generate(PROMPTS[:1])[0].token_ids
+    assert [s for s, p in zip(out.verdict_steps, out.verdict_probs) if p > 0.5] == sorted(alarms)
+
+
+def test_prefill_is_forced_and_the_guide_follows_it(lively_module):
+    prefill = "Sure, here is"
+    with head_state(lively_module, bias=10.0):
+        generator = SafetyGatedGenerator(lively_module, GatingConfig(level="medium", max_new_tokens=20))
+        out = generator.generate(PROMPTS[:1], prefills=[prefill])[0]
+    prefill_ids = lively_module.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+    assert out.token_ids[: len(prefill_ids) + len(generator.guide_ids)] == prefill_ids + generator.guide_ids
+    assert out.intervention_step == 0
+
+
+# ---------------------------------------------------------------------- batching and sampling
+def _separating_head(module, malicious_prompt: str, benign_prompt: str):
+    """Random head weights with the bias set halfway between two prompts' [CLS] logits."""
+    with head_state(module, weight_std=0.3, seed=1):
+        probe = SafetyGatedGenerator(module, GatingConfig(level="low", schedule="first", max_new_tokens=1))
+        p = [o.verdict_probs[0] for o in probe.generate([malicious_prompt, benign_prompt])]
+        weight = module.head.weight.clone()
+    logit = torch.logit(torch.tensor(p))
+    sign = 1.0 if logit[0] > logit[1] else -1.0
+    return weight * sign, -float(sign * (logit[0] + logit[1]) / 2)
+
+
+def test_mixed_batch_rows_equal_their_batch_one_outputs(lively_module):
+    weight, bias = _separating_head(lively_module, PROMPTS[1], PROMPTS[0])
+    saved = {k: v.clone() for k, v in lively_module.head.state_dict().items()}
+    with torch.no_grad():
+        lively_module.head.weight.copy_(weight)
+        lively_module.head.bias.fill_(bias)
+    try:
+        config = GatingConfig(level="medium", schedule="periodic", period=2, tau=1, r2=4, max_new_tokens=24)
+        generator = SafetyGatedGenerator(lively_module, config)
+        prefills = ["", "", "Sure, here is"]
+        batched = generator.generate(PROMPTS, prefills=prefills)
+        singles = [generator.generate([p], prefills=[f])[0] for p, f in zip(PROMPTS, prefills)]
+    finally:
+        lively_module.head.load_state_dict(saved)
+    assert batched[1].intervention_step == 0 and batched[0].verdict_probs[0] < 0.5  # a mixed batch
+    for b, s in zip(batched, singles):
+        assert b.token_ids == s.token_ids
+        assert b.verdict_steps == s.verdict_steps
+        assert b.verdict_probs == pytest.approx(s.verdict_probs, abs=1e-4)
+        assert (b.intervention_step, b.num_probe_evaluations, b.finish_reason) == (
+            s.intervention_step, s.num_probe_evaluations, s.finish_reason)
+
+
+def test_sampling_with_a_fixed_seed_is_reproducible(lively_module):
+    def sample(seed):
+        config = GatingConfig(level="low", schedule="each", do_sample=True, temperature=0.9, top_p=0.95, top_k=100,
+                              seed=seed, max_new_tokens=16)
+        return [o.token_ids for o in SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])]
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 50, 1.0), (1.3, 0, 0.9), (0.5, 20, 0.8)])
+def test_sampling_filters_match_hf_logits_warpers(temperature, top_k, top_p):
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    expected = logits.clone()
+    for warper in [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + (
+        [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
+    ):
+        expected = warper(None, expected)
+    ours = filter_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isinf(ours), torch.isinf(expected))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], expected[~torch.isinf(expected)])
+
+
+def test_gating_config_round_trips_as_plain_dict():
+    config = GatingConfig(annealing=[[8, 1], [32, 4]], level="high")
+    plain = config.to_dict()
+    assert plain["annealing"] == [[8, 1], [32, 4]] and GatingConfig(**plain) == config
+    with pytest.raises(ValueError, match="level"):
+        GatingConfig(level="extreme")
