@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from datamodules.encoding import EncodedExample, ProbeConfig, collate_examples, encode_example
+from datamodules.prompts import read_prompts
 from datamodules.refusals import REFUSAL_GUIDE, affirmative_opening, write_refusal
+from datamodules.sampling import ResumableSampler
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
 from lightning_modules.masks import Phase
 from lightning_modules.model_loading import cls_token_id, load_tokenizer
@@ -121,6 +124,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         prefill_fraction: share of harmful prompts that also get a prefill-recovery copy.
         probes: the windows probe tokens are trained on.
         phase: `sft` uses the chat template; `pretrain` uses plain text.
+        predict_path: prompts for `predict` (.jsonl field `prompt`, .csv column `prompt`, or .txt
+            one per line); batches are `{"index": LongTensor, "prompt": list[str]}`.
     """
 
     def __init__(
@@ -138,8 +143,11 @@ class SafetyMixDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         guide: str = REFUSAL_GUIDE,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
+        self.predict_path = predict_path
+        self.predict_set: list[tuple[int, str]] = []
         self.model_name = model_name
         self.sources = sources if sources is not None else default_sources()
         for source in self.sources:
@@ -161,8 +169,17 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.guide = guide
         self.train_set: list[EncodedExample] = []
         self.val_set: list[EncodedExample] = []
+        # (epoch, samples this rank had trained on), from a checkpoint: the training loader resumes there.
+        self.resume_position: tuple[int, int] | None = None
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":
+            # Prediction reads raw prompts only; the training sources are not loaded.
+            if self.predict_path is None:
+                raise ValueError("predict needs data.predict_path (a .jsonl, .csv or .txt file of prompts)")
+            self.predict_set = list(enumerate(read_prompts(self.predict_path)))
+            rank_zero_info(f"[data] predict: {len(self.predict_set)} prompts from {self.predict_path}")
+            return
         if self.train_set:
             return
         tokenizer = load_tokenizer(self.model_name)
@@ -195,20 +212,57 @@ class SafetyMixDataModule(L.LightningDataModule):
         )
         return kept
 
-    def _loader(self, dataset: list[EncodedExample], shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: list[EncodedExample], shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         collate = partial(
             collate_examples, pad_token_id=self.tokenizer.pad_token_id, cls_id=cls_token_id(self.tokenizer),
             phase=self.phase,
         )
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers
+            dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate,
+            num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        # Seeded per epoch, one shard per rank, resumable mid-epoch (datamodules/sampling.py).
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
+        )
+        if self.resume_position is not None:
+            sampler.resume(*self.resume_position)
+        return self._loader(self.train_set, shuffle=False, sampler=sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands: the epoch and how many samples of it this rank has trained on.
+
+        Lightning's count of *processed* batches is the one that matches the saved weights, also for
+        a checkpoint written in the middle of a step (SLURM requeue signal).
+        """
+        if self.trainer is None:
+            return {}
+        processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "samples_done": processed * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self.resume_position = (state_dict["epoch"], state_dict["samples_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.predict_set, batch_size=self.batch_size, shuffle=False, collate_fn=_collate_prompts,
+            num_workers=self.num_workers,
+        )
+
+
+def _collate_prompts(items: list[tuple[int, str]]) -> dict:
+    # The index travels with each prompt so the prediction writer can restore file order across ranks.
+    return {"index": torch.tensor([i for i, _ in items]), "prompt": [p for _, p in items]}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -92,19 +94,23 @@ def load_causal_lm(
     """Load the LM and make room for `[CLS]` in its embeddings.
 
     `config_overrides` builds a randomly initialised model from the (overridden) config instead
-    of loading weights: a tiny stand-in of any architecture for tests and CPU smoke runs.
+    of loading weights: a tiny stand-in of any architecture for tests and CPU smoke runs. With a
+    `quantization_config` the stand-in is loaded from `random_model_folder` instead, because
+    bitsandbytes quantizes while `from_pretrained` loads weights.
     """
-    path = resolve_model_path(name)
     torch_dtype = getattr(torch, dtype)
-    if config_overrides:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_overrides)
+    quantized = from_pretrained_kwargs.get("quantization_config") is not None
+    if config_overrides and not quantized:
+        config = AutoConfig.from_pretrained(
+            resolve_model_path(name), trust_remote_code=trust_remote_code, **config_overrides
+        )
         config._attn_implementation = attn_implementation
         model = AutoModelForCausalLM.from_config(
             config, dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            path,
+            weights_path(name, config_overrides, trust_remote_code),
             dtype=torch_dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
@@ -112,6 +118,40 @@ def load_causal_lm(
         )
     add_cls_embedding(model, tokenizer)
     return model
+
+
+def weights_path(name: str, config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False) -> str:
+    """Where `from_pretrained` finds the weights: the model itself, or the seeded random stand-in."""
+    if config_overrides:
+        return random_model_folder(name, config_overrides, trust_remote_code)
+    return resolve_model_path(name)
+
+
+def random_model_folder(name: str, config_overrides: dict[str, Any], trust_remote_code: bool = False) -> str:
+    """A randomly initialised model of `name`'s config with `config_overrides`, saved once in the cache.
+
+    Seeded (0) and keyed by the config, so every process, run and export sees the same weights:
+    a quantized stand-in can be rebuilt at full precision (QLoRA export) or on resume.
+    """
+    path = resolve_model_path(name)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_overrides)
+    key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out = cache_dir() / "models" / f"random-{config.model_type}-{key}"
+    if (out / "config.json").exists():
+        return str(out)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: concurrent ranks or tests never see a half-written folder
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
+    return str(out)
 
 
 def add_cls_embedding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -16,11 +17,22 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from datamodules.encoding import IGNORE_INDEX
+from lightning_modules.adapters import (
+    ADAPTER_DIR, LoraOptions, Quantization, add_lora, bitsandbytes_config, keep_trainable_weights, merged_model,
+    trainable_names,
+)
+from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator
 from lightning_modules.masks import Phase, Role, build_training_mask
-from lightning_modules.model_loading import CLS_TOKEN, cls_token_id, load_causal_lm, load_tokenizer
+from lightning_modules.model_loading import (
+    CLS_TOKEN, cls_token_id, load_causal_lm, load_tokenizer, resolve_model_path, weights_path,
+)
 
 HEAD_FILE = "safety_head.safetensors"
 SAFETY_CONFIG_FILE = "safety_config.json"
+
+
+def _submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 def _classifier_metrics(prefix: str) -> MetricCollection:
@@ -45,6 +57,13 @@ class SafetySignalLM(L.LightningModule):
         lr / head_lr: AdamW learning rates for the LM and for the new head (`head_lr` defaults to `lr`).
         warmup_steps: linear warmup, then cosine decay to 10% over the run.
         gradient_checkpointing: trade compute for activation memory.
+        generation: safety-gated generation options for `predict` (default: `GatingConfig()`).
+        quantization: load the base weights with bitsandbytes, `4bit` (nf4, QLoRA) or `8bit`; needs `lora`.
+        lora: train LoRA adapters + the `[CLS]` embedding row instead of all weights (peft); checkpoints
+            then hold only the trained weights and the head.
+        use_cls: False trains the SFT baseline of the safety report (`conf/sft_baseline.yaml`, with
+            `cls_weight: 0`): nothing attends `[CLS]`, so the LM learns the same data exactly as
+            without the safety signal and is evaluated with plain `generate`.
     """
 
     def __init__(
@@ -61,8 +80,22 @@ class SafetySignalLM(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         gradient_checkpointing: bool = False,
+        generation: GatingConfig | None = None,
+        quantization: Quantization = "none",
+        lora: LoraOptions | None = None,
+        use_cls: bool = True,
     ) -> None:
         super().__init__()
+        # Stored as a plain dict (read by save_hyperparameters from this frame) so checkpoints
+        # load with weights_only; a dict also comes back here from `load_from_checkpoint`.
+        if isinstance(generation, dict):
+            generation = GatingConfig(**generation)
+        generation = generation.to_dict() if generation is not None else None
+        if isinstance(lora, dict):
+            lora = LoraOptions(**lora)
+        lora = lora.to_dict() if lora is not None else None
+        if quantization != "none" and lora is None:
+            raise ValueError(f"quantization={quantization!r} freezes the base weights: set `lora` to train adapters")
         if attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager' (4D masks), got {attn_implementation!r}")
         self.save_hyperparameters()
@@ -75,6 +108,7 @@ class SafetySignalLM(L.LightningModule):
         self.val_metrics = _classifier_metrics("val/cls_")
         self.val_probe_metrics = _classifier_metrics("val/probe_")
         self.test_metrics = _classifier_metrics("test/cls_")
+        self._generator: SafetyGatedGenerator | None = None
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -88,15 +122,23 @@ class SafetySignalLM(L.LightningModule):
             attn_implementation=hp.attn_implementation,
             trust_remote_code=hp.trust_remote_code,
             config_overrides=hp.config_overrides,
+            quantization_config=bitsandbytes_config(hp.quantization, getattr(torch, hp.dtype)),
         )
         self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         if hp.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
+        if hp.lora is not None:
+            self.model = add_lora(self.model, LoraOptions(**hp.lora), self.cls_id, hp.gradient_checkpointing)
+            # Checkpoints hold only trained weights (see `on_save_checkpoint`); the frozen base is reloaded.
+            self.strict_loading = False
         # Zero init: the classifier starts undecided (p = 0.5) instead of at a random verdict.
         self.head = nn.Linear(self.model.config.get_text_config().hidden_size, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        exported_head = Path(resolve_model_path(hp.model_name)) / HEAD_FILE
+        if exported_head.exists():  # a folder written by `export_pretrained` carries its trained head
+            self.head.load_state_dict(load_file(exported_head))
         self.model.get_decoder().register_forward_hook(self._capture_hidden)
 
     def _capture_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -113,7 +155,7 @@ class SafetySignalLM(L.LightningModule):
         """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`."""
         roles = batch["roles"]
         mask = build_training_mask(
-            roles, batch["window_query"], batch["window_start"], batch["window_end"], self.hparams.phase,
+            roles, batch["window_query"], batch["window_start"], batch["window_end"], self._mask_phase,
             dtype=self.model.dtype,
         )
         n_real = roles.shape[1] - batch["num_probe_slots"]
@@ -125,6 +167,11 @@ class SafetySignalLM(L.LightningModule):
             use_cache=False,
         )
         return out.logits, self.classify(hidden)
+
+    @property
+    def _mask_phase(self) -> Phase:
+        # The pretrain-phase rule "no token attends [CLS]" is what the SFT baseline needs.
+        return self.hparams.phase if self.hparams.use_cls else "pretrain"
 
     def model_forward(self, **model_kwargs: Any) -> tuple[Any, torch.Tensor]:
         """Call the HF model unchanged; also return its final-normed hidden states `[B, T, H]`."""
@@ -204,7 +251,46 @@ class SafetySignalLM(L.LightningModule):
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
+    # ------------------------------------------------------------------ predict
+    @property
+    def generator(self) -> SafetyGatedGenerator:
+        """The safety-gated generator configured by `generation` (built on first use)."""
+        if self._generator is None:
+            config = GatingConfig(**self.hparams.generation) if self.hparams.generation else GatingConfig()
+            self._generator = SafetyGatedGenerator(self, config)
+        return self._generator
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, dict[str, Any]]]:
+        """Gated generation for a batch of `{"index", "prompt"}`; returns `(index, record)` pairs."""
+        outputs = self.generator.generate(batch["prompt"])
+        return [
+            (int(index), {
+                "index": int(index),
+                "prompt": prompt,
+                "response": out.text,
+                "verdict_steps": out.verdict_steps,
+                "verdict_probs": [round(p, 6) for p in out.verdict_probs],
+                "intervened": out.intervened,
+                "intervention_step": out.intervention_step,
+                "num_probe_evaluations": out.num_probe_evaluations,
+                "num_tokens": len(out.token_ids),
+                "finish_reason": out.finish_reason,
+            })
+            for index, prompt, out in zip(batch["index"], batch["prompt"], outputs)
+        ]
+
     # ------------------------------------------------------------------ optim
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Under FSDP each rank holds a gradient shard: only FSDP can compute the global norm
+        # (Lightning's FSDP precision plugin refuses `gradient_clip_val` with the norm algorithm).
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         head_params = list(self.head.parameters())
@@ -227,21 +313,53 @@ class SafetySignalLM(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.lora is not None:
+            checkpoint["state_dict"] = keep_trainable_weights(checkpoint["state_dict"], trainable_names(self))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # With LoRA the checkpoint holds only trained weights and loading is not strict: check them here.
+        if self.hparams.lora is not None and self.model is not None:
+            missing = trainable_names(self) - checkpoint["state_dict"].keys()
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} trained weights, e.g. {sorted(missing)[:3]}")
+
     # ------------------------------------------------------------------ export
-    def export_pretrained(self, out_dir: str | Path) -> Path:
-        """A standard HF folder (model + tokenizer with `[CLS]`) plus the head as safetensors."""
+    def _load_full_precision_base(self) -> nn.Module:
+        hp = self.hparams
+        return load_causal_lm(
+            weights_path(hp.model_name, hp.config_overrides, hp.trust_remote_code),
+            self.tokenizer,
+            dtype=hp.dtype,
+            attn_implementation=hp.attn_implementation,
+            trust_remote_code=hp.trust_remote_code,
+        )
+
+    def export_pretrained(self, out_dir: str | Path, full_state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """A standard HF folder (model + tokenizer with `[CLS]`) plus the head as safetensors.
+
+        `full_state_dict`: this module's gathered weights (keys as in `state_dict()`), for a module
+        whose own parameters are shards (FSDP; see `callbacks.export.ExportPretrained`).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.model
-        if hasattr(model, "merge_and_unload"):  # peft adapters are folded into plain weights
-            model = model.merge_and_unload()
+        if self.hparams.lora is not None:
+            model.save_pretrained(out / ADAPTER_DIR)  # the adapters alone, loadable with peft
+            model = merged_model(model, self._load_full_precision_base)  # plain weights for the HF folder
         # `[CLS]` is a classifier input, never an output: plain `generate` must not emit it.
         model.generation_config.suppress_tokens = [self.cls_id]
-        model.save_pretrained(out)
+        if full_state_dict is None:
+            model.save_pretrained(out)
+            head_state = self.head.state_dict()
+        else:
+            model.save_pretrained(out, state_dict=_submodule_state(full_state_dict, "model."))
+            head_state = _submodule_state(full_state_dict, "head.")
         self.tokenizer.save_pretrained(out)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}, out / HEAD_FILE)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}, out / HEAD_FILE)
         config = {"cls_token": CLS_TOKEN, "cls_token_id": self.cls_id, "phase": self.hparams.phase,
-                  "cls_weight": self.hparams.cls_weight}
+                  "cls_weight": self.hparams.cls_weight, "use_cls": self.hparams.use_cls}
         (out / SAFETY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
         return out
 
@@ -250,7 +368,7 @@ class SafetySignalLM(L.LightningModule):
         """Load a folder written by `export_pretrained` (weights via safetensors only)."""
         path = Path(path)
         config = json.loads((path / SAFETY_CONFIG_FILE).read_text())
-        module = cls(model_name=str(path), phase=config["phase"], cls_weight=config["cls_weight"], **overrides)
-        module.configure_model()
-        module.head.load_state_dict(load_file(path / HEAD_FILE))
+        module = cls(model_name=str(path), phase=config["phase"], cls_weight=config["cls_weight"],
+                     use_cls=config.get("use_cls", True), **overrides)
+        module.configure_model()  # loads the head from the folder
         return module

@@ -165,3 +165,7 @@ def test_export_round_trip(tmp_path):
     torch.testing.assert_close(a_lm, b_lm)
     torch.testing.assert_close(a_cls, b_cls)
     assert loaded.model.generation_config.suppress_tokens == [tiny_module.cls_id]
+    # the folder is also a plain `model_name`: the trained head comes with it
+    by_name = SafetySignalLM(model_name=str(out))
+    by_name.configure_model()
+    torch.testing.assert_close(by_name.head.weight, tiny_module.head.weight)
