@@ -6,8 +6,9 @@ Every error names the file, the line and the field, so a bad record in a large f
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+
+from datamodules.sources import read_jsonl
 
 PROMPT_FIELD = "prompt"
 
@@ -31,19 +32,10 @@ def read_prompts(path: str | Path, field: str = PROMPT_FIELD) -> list[str]:
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
     prompts = []
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object with a {field!r} field")
-            if field not in record:
-                raise ValueError(f"{path}:{line_number}: missing field {field!r}")
-            prompts.append(_check_prompt(record[field], path, line_number, field))
+    for line_number, record in read_jsonl(path):
+        if field not in record:
+            raise ValueError(f"{path}: line {line_number}: missing field {field!r}")
+        prompts.append(_check_prompt(record[field], path, line_number, field))
     return prompts
 
 
@@ -52,7 +44,7 @@ def _read_csv(path: Path, field: str) -> list[str]:
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or field not in reader.fieldnames:
-            raise ValueError(f"{path}:1: no {field!r} column (columns: {reader.fieldnames})")
+            raise ValueError(f"{path}: line 1: no {field!r} column (columns: {reader.fieldnames})")
         for row in reader:
             # `line_num` is the line the record ends on (a quoted prompt may span several lines).
             prompts.append(_check_prompt(row[field], path, reader.line_num, field))
@@ -61,5 +53,5 @@ def _read_csv(path: Path, field: str) -> list[str]:
 
 def _check_prompt(value: object, path: Path, line_number: int, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{path}:{line_number}: field {field!r} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{path}: line {line_number}: field {field!r} must be a non-empty string, got {value!r}")
     return value

@@ -172,7 +172,7 @@ def package_file(package: str, relpath: str, pip: str = "") -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) per non-blank line, with clear errors."""
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -272,7 +272,7 @@ def _donotanswer_category(filename: str, intents: list[str]) -> str:
 def _load_donotanswer(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
     records = []
     for filename in DONOTANSWER_HARMFUL_FILES:
-        for _, obj in _read_jsonl(path / filename):
+        for _, obj in read_jsonl(path / filename):
             category = _donotanswer_category(filename, obj.get("intents") or [])
             records.append(SafetyRecord(obj["prompt"].strip(), "", 1, category, "donotanswer_harmful"))
     return records
@@ -654,7 +654,7 @@ def _file_rows(source: DataSource) -> Iterable[tuple[str, dict[str, Any]]]:
         raise FileNotFoundError(f"data source '{source.name}': file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return ((f"{path}: line {lineno}", row) for lineno, row in _read_jsonl(path))
+        return ((f"{path}: line {lineno}", row) for lineno, row in read_jsonl(path))
     if suffix == ".json":
         return _json_rows(path)
     if suffix == ".csv":

@@ -37,12 +37,12 @@ def test_read_prompts_from_jsonl_csv_and_txt(tmp_path):
 @pytest.mark.parametrize(
     "name, text, message",
     [
-        ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": "ok"}\n{"prompt": oops}\n', r"bad\.jsonl:3: invalid JSON"),
-        ("bad.jsonl", '{"prompt": "ok"}\n{"text": "no prompt"}\n', r"bad\.jsonl:2: missing field 'prompt'"),
-        ("bad.jsonl", '{"prompt": 42}\n', r"bad\.jsonl:1: field 'prompt' must be a non-empty string"),
-        ("bad.jsonl", '["prompt"]\n', r"bad\.jsonl:1: expected a JSON object"),
-        ("bad.csv", "id,text\n0,hello\n", r"bad\.csv:1: no 'prompt' column"),
-        ("bad.csv", 'id,prompt\n0,hello\n1,""\n', r"bad\.csv:3: field 'prompt' must be a non-empty string"),
+        ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": "ok"}\n{"prompt": oops}\n', r"bad\.jsonl: line 3: invalid JSON"),
+        ("bad.jsonl", '{"prompt": "ok"}\n{"text": "no prompt"}\n', r"bad\.jsonl: line 2: missing field 'prompt'"),
+        ("bad.jsonl", '{"prompt": 42}\n', r"bad\.jsonl: line 1: field 'prompt' must be a non-empty string"),
+        ("bad.jsonl", '["prompt"]\n', r"bad\.jsonl: line 1: expected a JSON object"),
+        ("bad.csv", "id,text\n0,hello\n", r"bad\.csv: line 1: no 'prompt' column"),
+        ("bad.csv", 'id,prompt\n0,hello\n1,""\n', r"bad\.csv: line 3: field 'prompt' must be a non-empty string"),
         ("bad.parquet", "", r"bad\.parquet: unsupported prompt file type"),
     ],
 )
