@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,12 @@ def smollm2_module() -> SafetySignalLM:
     module = SafetySignalLM(model_name="smollm2-135m-instruct")
     module.configure_model()
     return module.eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: several threads only wait on each other, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

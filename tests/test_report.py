@@ -16,13 +16,7 @@ from tests.conftest import ROOT, tiny_overrides
 ATTACKS = ["direct", "prefill", "prefill_5", "prefill_10", "prefill_20", "prefill_40", "decoding", "template", "suffix"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: several threads only wait on each other, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path) -> ReportConfig:

@@ -21,13 +21,7 @@ from tests.conftest import tiny_overrides
 from tests.helpers import ROOT, run_main, write_sources
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: several threads only wait on each other, badly so on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cases(groups: dict[str, int]) -> list[AttackCase]:
