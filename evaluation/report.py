@@ -169,19 +169,18 @@ def run_report(
         return suite
 
     everything: list[int] | None = None
-    if base_module is not None:
-        s = make_suite(base_module)
-        everything = list(range(len(s.cases)))
-        responses, seconds = _answer(s, PlainResponder(base_module, tokens, config.batch_size, progress, BASE), everything)
-        columns[BASE] = Column(BASE, names.get(BASE, ""), "HF generate, no [CLS]", responses, seconds,
-                               _utility(base_module, config, use_cls=False, seed=seed))
-        del base_module
-    if sft_baseline is not None:
-        module = sft_baseline()
+    # Plain-decoding columns (no [CLS]); each model is dropped before the next one is loaded.
+    plain_models = {BASE: (lambda m=base_module: m) if base_module is not None else None, SFT: sft_baseline}
+    base_module = None
+    for key, load in plain_models.items():
+        if load is None:
+            continue
+        module = load()
+        plain_models[key] = None
         s = make_suite(module)
         everything = list(range(len(s.cases)))
-        responses, seconds = _answer(s, PlainResponder(module, tokens, config.batch_size, progress, SFT), everything)
-        columns[SFT] = Column(SFT, names.get(SFT, ""), "HF generate, no [CLS]", responses, seconds,
+        responses, seconds = _answer(s, PlainResponder(module, tokens, config.batch_size, progress, key), everything)
+        columns[key] = Column(key, names.get(key, ""), "HF generate, no [CLS]", responses, seconds,
                               _utility(module, config, use_cls=False, seed=seed))
         del module
     module = method()
