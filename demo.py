@@ -20,8 +20,9 @@ import torch
 
 from datamodules.sources import DataSource, load_source
 from evaluation.judges import is_refusal
-from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator
-from lightning_modules.model_loading import cls_token_id
+from evaluation.attacks import AttackCase
+from evaluation.runner import GatedResponder, PlainResponder, Response
+from lightning_modules.gated_generation import GatingConfig
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from main import cli_main
 
@@ -46,33 +47,9 @@ def held_out_prompts(per_source: int, seed: int = 0) -> HeldOut:
     return out
 
 
-@torch.inference_mode()
-def plain_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """The unmodified model with HF `generate` (no `[CLS]`): the 'before' baseline."""
-    tokenizer = module.tokenizer
-    tokenizer.padding_side = "left"
-    answers = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts[i : i + batch_size]
-        ]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = module.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=[cls_token_id(tokenizer)],
-        )
-        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return answers
-
-
-@torch.inference_mode()
-def gated(module: SafetySignalLM, prompts: list[str], config: GatingConfig, batch_size: int):
-    generator = SafetyGatedGenerator(module, config)
-    outputs = []
-    for i in range(0, len(prompts), batch_size):
-        outputs += generator.generate(prompts[i : i + batch_size])
-    return outputs
+def answers(responder: PlainResponder | GatedResponder, prompts: list[str]) -> list[Response]:
+    """Direct requests through the evaluation suite's responders (one decoding code path)."""
+    return responder.respond([AttackCase("direct", i, prompt) for i, prompt in enumerate(prompts)])
 
 
 def rate(flags: list[bool], labels: list[int], label: int) -> str:
@@ -84,12 +61,12 @@ def evaluate(module: SafetySignalLM, data: HeldOut, max_new_tokens: int, batch_s
     """Classifier verdicts, plain-greedy answers and gated answers on the held-out prompts."""
     module.eval()
     start = time.perf_counter()
-    result: dict = {"plain": plain_greedy(module, data.prompts, max_new_tokens, batch_size)}
+    result: dict = {"plain": [r.text for r in answers(PlainResponder(module, max_new_tokens, batch_size), data.prompts)]}
     if trained:
-        low = gated(module, data.prompts, GatingConfig(level="low", schedule="first", max_new_tokens=max_new_tokens),
-                    batch_size)
-        medium = gated(module, data.prompts, GatingConfig(level="medium", schedule="annealing",
-                                                          max_new_tokens=max_new_tokens), batch_size)
+        low = answers(GatedResponder(module, GatingConfig(level="low", schedule="first", max_new_tokens=max_new_tokens),
+                                     batch_size), data.prompts)
+        medium = answers(GatedResponder(module, GatingConfig(level="medium", schedule="annealing",
+                                                             max_new_tokens=max_new_tokens), batch_size), data.prompts)
         result["verdict"] = [o.verdict_probs[0] > 0.5 for o in low]
         result["implicit"] = [o.text for o in low]
         result["gated"] = [o.text for o in medium]
