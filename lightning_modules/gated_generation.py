@@ -69,6 +69,10 @@ class GatingConfig:
         seed: seeds a generator private to each `generate` call (None: torch's global RNG).
         fuse_probe: run a due probe in the same forward as the next decode token (measured
             faster, see benchmarks/RESULTS.md) instead of a separate forward.
+        follow_up: after a malicious re-evaluation, probe at every step until the row's streak
+            reaches `tau` or a verdict is benign, whatever the schedule says: a sparse schedule then
+            costs little on benign text yet confirms a suspicion within `tau` tokens, not `tau`
+            schedule periods.
     """
 
     level: Level = "medium"
@@ -89,6 +93,7 @@ class GatingConfig:
     top_k: int = 0
     seed: int | None = 0
     fuse_probe: bool = True
+    follow_up: bool = True
 
     def __post_init__(self) -> None:
         # YAML and checkpoints hand segments back as lists; keep one canonical form.
@@ -238,10 +243,13 @@ class SafetyGatedGenerator:
         layout = torch.cat([key_roles, torch.full((batch, cfg.max_new_tokens), int(Role.RESPONSE), device=device)], 1)
         decode_mask = _response_token_mask(layout, self.phase, model.dtype)
 
+        # Rows confirming a malicious verdict (`follow_up`); `suspicious`: any of them, on the host.
+        confirming, suspicious = torch.zeros(batch, dtype=torch.bool, device=device), False
         for step in range(cfg.max_new_tokens):
             if step > 0:
                 past = prompt_len + step - 1  # key columns in the cache; y_{step-1} goes to column `past`
-                due = cfg.probe_due(step)
+                scheduled = cfg.probe_due(step)
+                due = scheduled or suspicious
                 window = self._window(state, step, prompt_len) if due else None
                 logits, probe_hidden = self._decode_forward(
                     cache, layout[:, : past + 1], decode_mask[..., : past + 1], tokens[:, step - 1],
@@ -249,7 +257,9 @@ class SafetyGatedGenerator:
                 )
                 if due:
                     prob = torch.sigmoid(module.classify(probe_hidden).float())
-                    active = ~state.done
+                    # A follow-up probe runs for the whole batch but only counts for the confirming
+                    # rows, so each row's trace and output are those of its batch-1 run.
+                    active = ~state.done if scheduled else confirming
                     trace_steps.append(step)
                     trace_probs.append(prob)
                     trace_active.append(active)
@@ -262,7 +272,10 @@ class SafetyGatedGenerator:
             lengths += (~state.done).long()
             state.done |= torch.isin(next_token, eos_ids)
             # One host sync per step (as HF's stopping criteria): stop once every row is finished.
-            if bool(state.done.all()):
+            confirming = (state.streak > 0) & (state.streak < cfg.tau) & ~state.done & (state.intervention_step < 0)
+            confirming &= cfg.follow_up
+            all_done, suspicious = torch.stack([state.done.all(), confirming.any()]).tolist()
+            if all_done:
                 break
 
         return self._outputs(tokens, lengths, state, trace_steps, trace_probs, trace_active)

@@ -302,6 +302,38 @@ def test_turning_malicious_inserts_after_tau_consecutive_verdicts(lively_module,
     assert high.verdict_steps == list(range(k + tau))  # the row stops at the intervention
 
 
+@pytest.mark.parametrize("follow_up", [True, False])
+def test_sparse_schedule_follows_up_a_malicious_verdict_every_step(lively_module, monkeypatch, follow_up):
+    # periodic(4): probes at 4, 8, 12, ...; row 0's verdicts turn malicious from the 3rd probe (step 12),
+    # row 1 stays benign. One false alarm variant: only the probe of step 12 is malicious.
+    def classify_from(first_malicious_call: int, last_malicious_call: int):
+        calls = []
+
+        def classify(hidden):
+            call = len(calls)
+            calls.append(call)
+            logits = torch.full(hidden.shape[:-1], -10.0)
+            logits[0] = 10.0 if first_malicious_call <= call <= last_malicious_call else -10.0
+            return logits
+        return classify
+
+    config = GatingConfig(level="medium", schedule="periodic", period=4, tau=3, max_new_tokens=24,
+                          follow_up=follow_up)
+    monkeypatch.setattr(lively_module, "classify", classify_from(3, 10**6))
+    row0, row1 = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])
+    if follow_up:  # confirmed at steps 13 and 14 instead of 16 and 20; `medium` then goes on
+        assert row0.verdict_steps == [0, 4, 8, 12, 13, 14, 16, 20] and row0.intervention_step == 14
+    else:
+        assert row0.verdict_steps == [0, 4, 8, 12, 16, 20] and row0.intervention_step == 20
+    # The follow-up probes ran for the whole batch but count only for the confirming row.
+    assert row1.verdict_steps == [0, 4, 8, 12, 16, 20] and not row1.intervened
+
+    monkeypatch.setattr(lively_module, "classify", classify_from(3, 3))
+    alarm, _ = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])
+    assert not alarm.intervened
+    assert alarm.verdict_steps == ([0, 4, 8, 12, 13, 16, 20] if follow_up else [0, 4, 8, 12, 16, 20])
+
+
 def test_single_step_false_alarms_return_to_r2_without_insertion(lively_module, monkeypatch):
     # isolated alarms (and two in a row, one short of tau) never add up: each benign verdict resets
     alarms = {4, 9, 10, 15}
