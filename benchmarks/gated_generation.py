@@ -12,6 +12,8 @@ guide is inserted and every variant decodes exactly the same sequence):
 
     python benchmarks/gated_generation.py                     # SmolLM2-135M, batch 1 and 16
     python benchmarks/gated_generation.py --tiny              # the tiny random Llama
+    python benchmarks/gated_generation.py --variants annealing each --annealing "[[8,1],[64,8],[256,32]]"
+                                                              # a subset, plus another annealing list
 
 Targets: annealing <= 0.05x over plain decoding (ours_off), each <= 0.3x, ours_off within
 1.1x of hf_generate, batch 16 >= 5x the throughput of batch 1.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -106,6 +109,10 @@ def main() -> None:
     parser.add_argument("--batch1-prompts", type=int, default=2, help="prompts decoded one by one at batch 1")
     parser.add_argument("--repeats", type=int, default=1, help="best of n, round-robin (use > 1 on a shared machine)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="variants to run (hf_generate and ours_off always run: they are the baselines)")
+    parser.add_argument("--annealing", type=json.loads, action="append", default=[],
+                        help="an extra annealing variant, as JSON [[until_step, every], ...]; repeatable")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (with --threads 1, robust to other jobs on the machine)")
     args = parser.parse_args()
@@ -122,7 +129,11 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, {datetime.date.today()}")
     print(f"command: python benchmarks/gated_generation.py {' '.join(sys.argv[1:])}")
-    print(f"max_new_tokens={args.max_new_tokens}, annealing={GatingConfig().annealing}, "
+    variants = {name: VARIANTS[name] for name in ["ours_off", *args.variants]}
+    for segments in args.annealing:
+        variants[f"annealing{json.dumps(segments, separators=(',', ':'))}"] = dict(
+            level="medium", schedule="annealing", annealing=segments)
+    print(f"max_new_tokens={args.max_new_tokens}, default annealing={GatingConfig().annealing}, "
           f"repeats={args.repeats}, clock={args.clock}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
 
@@ -134,7 +145,7 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         prompts = PROMPTS[: args.batch1_prompts] if batch_size == 1 else PROMPTS[:batch_size]
         runs = {"hf_generate": lambda p: hf_generate(module, p, args.max_new_tokens)}
-        for variant, options in VARIANTS.items():
+        for variant, options in variants.items():
             config = GatingConfig(max_new_tokens=args.max_new_tokens, **options)
             runs[variant] = lambda p, config=config: ours(module, config, p)
         # Round-robin repeats, best of each: a load spike on a shared machine hits one sample, not one variant.
@@ -145,24 +156,27 @@ def main() -> None:
                 tps, counts[variant] = measure(run, prompts, batch_size, clock)
                 results[variant] = max(results[variant], tps)
         throughput[batch_size] = results
+        width = max(14, *map(len, results))
         print(f"\nbatch {batch_size} ({len(prompts)} prompts, {counts['ours_off']} tokens)")
-        print(f"  {'variant':<14} {'tokens/s':>9}  {'time vs ours_off':>16}")
+        print(f"  {'variant':<{width}} {'tokens/s':>9}  {'time vs ours_off':>16}  {'probes/step':>11}")
         for variant, tps in results.items():
-            print(f"  {variant:<14} {tps:9.1f}  {results['ours_off'] / tps:15.3f}x")
+            config = GatingConfig(max_new_tokens=args.max_new_tokens, **variants.get(variant, {}))
+            probed = sum(config.probe_due(t) for t in range(1, args.max_new_tokens))
+            probes = f"{probed / args.max_new_tokens:11.3f}" if variant in variants else f"{'':>11}"
+            print(f"  {variant:<{width}} {tps:9.1f}  {results['ours_off'] / tps:15.3f}x  {probes}")
         if len(set(counts.values())) != 1:
             print(f"  note: token counts differ between variants: {counts}")
         off = results["ours_off"]
-        print(f"  overhead over ours_off: annealing {off / results['annealing'] - 1:+.3f}x, "
-              f"periodic4 {off / results['periodic4'] - 1:+.3f}x, each {off / results['each'] - 1:+.3f}x, "
-              f"each_separate {off / results['each_separate'] - 1:+.3f}x")
+        overheads = ", ".join(f"{v} {off / results[v] - 1:+.3f}x" for v in variants if v != "ours_off")
+        print(f"  overhead over ours_off: {overheads}")
         print(f"  ours_off time / hf_generate time: {results['hf_generate'] / off:.3f}x")
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     if 1 in throughput and len(throughput) > 1:
         for batch_size, results in throughput.items():
             if batch_size != 1:
                 ratio = results["ours_off"] / throughput[1]["ours_off"]
-                gated = results["annealing"] / throughput[1]["annealing"]
-                print(f"\nbatch {batch_size} / batch 1 throughput: ours_off {ratio:.2f}x, annealing {gated:.2f}x")
+                gated = "".join(f", {v} {results[v] / throughput[1][v]:.2f}x" for v in variants if v.startswith("annealing"))
+                print(f"\nbatch {batch_size} / batch 1 throughput: ours_off {ratio:.2f}x{gated}")
 
 
 if __name__ == "__main__":
