@@ -116,3 +116,15 @@ def test_sft_baseline_module_never_attends_cls():
     assert response_perplexity(baseline, pairs, use_cls=True)["nll"] != pytest.approx(plain["nll"], abs=1e-4)
     yaml_config = __import__("yaml").safe_load((ROOT / "conf" / "sft_baseline.yaml").read_text())
     assert yaml_config["model"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
+
+
+def test_sft_baseline_config_trains_on_the_demo_data_and_recipe():
+    """The report's SFT column is only a baseline if it saw the demo's data with the demo's optimiser."""
+    import yaml
+
+    demo, baseline = (yaml.safe_load((ROOT / "conf" / f"{n}.yaml").read_text()) for n in ("demo", "sft_baseline"))
+    assert baseline["data"] == demo["data"]
+    shared = ("model_name", "phase", "lr", "head_lr", "warmup_steps")
+    assert {k: baseline["model"].get(k) for k in shared} == {k: demo["model"].get(k) for k in shared}
+    assert {k: v for k, v in baseline["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")} == {
+        k: v for k, v in demo["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")}
