@@ -58,6 +58,9 @@ class GatingConfig:
             `periodic` (every `period` steps), `annealing` (see `annealing`).
         annealing: `(until_step, every)` segments: at step t the first segment with
             `t <= until_step` probes when `t % every == 0`; past the last segment, no more probes.
+            The default probes 18 of the first 256 steps, densest where prefill attacks act
+            (measured +0.04x over plain decoding on CPU, benchmarks/RESULTS.md); `follow_up`
+            makes up for the gaps when a verdict turns malicious.
         threshold: a verdict is malicious when its probability is above this.
         r1, r2, r3: window sizes of rules R1 / R2 / R3, in response tokens.
         tau: consecutive malicious re-evaluations that trigger an intervention.
@@ -78,7 +81,7 @@ class GatingConfig:
     level: Level = "medium"
     schedule: Schedule = "annealing"
     period: int = 4
-    annealing: list[tuple[int, int]] = field(default_factory=lambda: [(32, 1), (128, 4), (256, 16)])
+    annealing: list[tuple[int, int]] = field(default_factory=lambda: [(4, 1), (32, 4), (128, 16), (256, 64)])
     threshold: float = 0.5
     r1: int = 10
     r2: int = 10
