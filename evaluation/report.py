@@ -393,7 +393,7 @@ def _loader(export: str | None = None, checkpoint: str | None = None) -> ModelLo
         if export:
             module = SafetySignalLM.from_exported(export)
         else:
-            module = SafetySignalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+            module = SafetySignalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
         return module.eval()
 
     return load
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = args.export or args.checkpoint
     base_name = args.base_model
     if base_name is None and args.checkpoint:
-        base_name = torch.load(args.checkpoint, map_location="cpu", weights_only=False, mmap=True)[
+        base_name = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)[
             "hyper_parameters"]["model_name"]
     base_name = base_name or "smollm2-135m-instruct"
     names = {BASE: "" if args.no_base else base_name, SFT: args.sft_baseline or "", METHOD: trained}

@@ -128,3 +128,27 @@ def test_sft_baseline_config_trains_on_the_demo_data_and_recipe():
     assert {k: baseline["model"].get(k) for k in shared} == {k: demo["model"].get(k) for k in shared}
     assert {k: v for k, v in baseline["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")} == {
         k: v for k, v in demo["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")}
+
+
+def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_method):
+    """`--checkpoint`: the model and its base-model name come from a Lightning checkpoint read with weights_only."""
+    import lightning
+    import yaml
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": tiny_method.state_dict(), "hyper_parameters": dict(tiny_method.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    config = tiny_config(tmp_path)
+    config.ablations = {}
+    config.suite.attacks = [a for a in config.suite.attacks if a.kind == "direct"]
+    config.perplexity_answers = config.mmlu_questions = 0
+    (tmp_path / "report.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    main(["--checkpoint", str(ckpt), "--no-base", "--config", str(tmp_path / "report.yaml")])
+    result = json.loads((tmp_path / "run" / "safety_report" / "safety_report.json").read_text())
+    assert list(result["columns"]) == [METHOD] and result["models"][METHOD] == str(ckpt)
+    # The checkpoint's weights, not a fresh random model: the same answers and verdicts as the module itself.
+    direct = run_report(config, lambda: tiny_method, None, None, {BASE: "", SFT: "", METHOD: "tiny"}, progress=False)
+    expected = json.loads(json.dumps(direct["columns"][METHOD]["metrics"]))
+    assert result["columns"][METHOD]["metrics"]["classifier"] == pytest.approx(expected.pop("classifier"))
+    assert {k: v for k, v in result["columns"][METHOD]["metrics"].items() if k != "classifier"} == expected
