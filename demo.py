@@ -126,7 +126,8 @@ def main() -> None:
     out_dir = Path(cli.trainer.default_root_dir)
     export = out_dir / "export"
     if args.skip_fit:
-        base = SafetySignalLM(**{k: v for k, v in cli.model.hparams.items() if k != "generation"})
+        # LightningCLI adds private entries (`_instantiator`) to the hparams: they are not arguments.
+        base = SafetySignalLM(**{k: v for k, v in cli.model.hparams.items() if k != "generation" and k[0] != "_"})
         base.configure_model()
         print("[demo] evaluating the base model ...")
         before = evaluate(base, data, args.max_new_tokens, args.batch_size, trained=False)
