@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--safety-report", action="store_true",
-                        help="then run the attack-suite report on the export (evaluation/report.py, ~10 more minutes)")
+                        help="then run the attack-suite report on the export (evaluation/report.py, ~12 more minutes)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -125,19 +125,14 @@ def main() -> None:
     cli = cli_main(["--config", args.config], run=False)
     out_dir = Path(cli.trainer.default_root_dir)
     export = out_dir / "export"
+    # `cli.model` is the untrained module (the base model) in both paths.
+    module = cli.model
+    module.configure_model()
+    print("[demo] evaluating the base model before training ...")
+    before = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=False)
     if args.skip_fit:
-        # LightningCLI adds private entries (`_instantiator`) to the hparams: they are not arguments.
-        base = SafetySignalLM(**{k: v for k, v in cli.model.hparams.items() if k != "generation" and k[0] != "_"})
-        base.configure_model()
-        print("[demo] evaluating the base model ...")
-        before = evaluate(base, data, args.max_new_tokens, args.batch_size, trained=False)
-        del base
         module = SafetySignalLM.from_exported(export)
     else:
-        module = cli.model
-        module.configure_model()
-        print("[demo] evaluating the base model before training ...")
-        before = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=False)
         module.train()
         print(f"[demo] training with {args.config} (TensorBoard: tensorboard --logdir {out_dir}) ...")
         cli.trainer.fit(module, datamodule=cli.datamodule)
