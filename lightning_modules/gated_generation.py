@@ -275,9 +275,11 @@ class SafetyGatedGenerator:
             lengths += (~state.done).long()
             state.done |= torch.isin(next_token, eos_ids)
             # One host sync per step (as HF's stopping criteria): stop once every row is finished.
-            confirming = (state.streak > 0) & (state.streak < cfg.tau) & ~state.done & (state.intervention_step < 0)
-            confirming &= cfg.follow_up
-            all_done, suspicious = torch.stack([state.done.all(), confirming.any()]).tolist()
+            if cfg.follow_up:
+                confirming = (state.streak > 0) & (state.streak < cfg.tau) & ~state.done & (state.intervention_step < 0)
+                all_done, suspicious = torch.stack([state.done.all(), confirming.any()]).tolist()
+            else:
+                all_done = bool(state.done.all())
             if all_done:
                 break
 
