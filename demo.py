@@ -21,8 +21,9 @@ import torch
 from datamodules.sources import DataSource, load_source
 from evaluation.judges import is_refusal
 from evaluation.attacks import AttackCase
-from evaluation.runner import GatedResponder, PlainResponder, Response
-from lightning_modules.gated_generation import GatingConfig
+from evaluation.runner import GatedResponder, PlainResponder
+from safety_signal.decoding import Answer, DecodingConfig
+from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from main import cli_main
 
@@ -47,7 +48,7 @@ def held_out_prompts(per_source: int, seed: int = 0) -> HeldOut:
     return out
 
 
-def answers(responder: PlainResponder | GatedResponder, prompts: list[str]) -> list[Response]:
+def answers(responder: PlainResponder | GatedResponder, prompts: list[str]) -> list[Answer]:
     """Direct requests through the evaluation suite's responders (one decoding code path)."""
     return responder.respond([AttackCase("direct", i, prompt) for i, prompt in enumerate(prompts)])
 
@@ -63,11 +64,10 @@ def evaluate(module: SafetySignalLM, data: HeldOut, max_new_tokens: int, batch_s
     start = time.perf_counter()
     result: dict = {"plain": [r.text for r in answers(PlainResponder(module, max_new_tokens, batch_size), data.prompts)]}
     if trained:
-        low = answers(GatedResponder(module, GatingConfig(level="low", schedule="first", max_new_tokens=max_new_tokens),
-                                     batch_size), data.prompts)
-        medium = answers(GatedResponder(module, GatingConfig(level="medium", schedule="annealing",
-                                                             max_new_tokens=max_new_tokens), batch_size), data.prompts)
-        result["verdict"] = [o.verdict_probs[0] > 0.5 for o in low]
+        decoding = DecodingConfig(max_new_tokens=max_new_tokens)
+        low = answers(GatedResponder(module, GatePolicy(level="low", schedule="first"), decoding, batch_size), data.prompts)
+        medium = answers(GatedResponder(module, GatePolicy(level="medium"), decoding, batch_size), data.prompts)
+        result["verdict"] = [o.verdict_probs[0] > module.safety.threshold for o in low]
         result["implicit"] = [o.text for o in low]
         result["gated"] = [o.text for o in medium]
         result["intervened"] = [o.intervened for o in medium]

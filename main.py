@@ -50,7 +50,7 @@ class SafetyCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data is tokenized with the model's tokenizer and laid out for the model's phase.
         parser.link_arguments("model.model_name", "data.model_name")
-        parser.link_arguments("model.phase", "data.phase")
+        parser.link_arguments("model.safety", "data.safety")
 
     def fit(
         self, model: LightningModule, datamodule: LightningDataModule | None = None, ckpt_path: str | None = None,

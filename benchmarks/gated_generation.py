@@ -34,8 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.encoding import encode_prompt  # noqa: E402
-from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator  # noqa: E402
+from safety_signal.layout import encode_prompt  # noqa: E402
+from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator  # noqa: E402
+from safety_signal.gate import GatePolicy  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
 
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -90,8 +91,16 @@ def hf_generate(module: SafetySignalLM, prompts: list[str], max_new_tokens: int)
     return sum(row.index(eos) + 1 if eos in row else len(row) for row in out[:, length:].tolist())
 
 
-def ours(module: SafetySignalLM, config: GatingConfig, prompts: list[str]) -> int:
-    return sum(len(o.token_ids) for o in SafetyGatedGenerator(module, config).generate(prompts))
+def configs(options: dict, max_new_tokens: int) -> tuple[GatePolicy, DecodingConfig]:
+    """A variant's options split into the gate policy and the decoding settings (`fuse_probe`)."""
+    decoding = {k: v for k, v in options.items() if k in DecodingConfig.__dataclass_fields__}
+    gate = {k: v for k, v in options.items() if k not in decoding}
+    return GatePolicy(**gate), DecodingConfig(max_new_tokens=max_new_tokens, **decoding)
+
+
+def ours(module: SafetySignalLM, options: dict, max_new_tokens: int, prompts: list[str]) -> int:
+    answers = SafetyGatedGenerator(module, *configs(options, max_new_tokens)).generate(prompts)
+    return sum(len(a.token_ids) for a in answers)
 
 
 def measure(run, prompts: list[str], batch_size: int, clock) -> tuple[float, int]:
@@ -133,12 +142,12 @@ def main() -> None:
     for segments in args.annealing:
         variants[f"annealing{json.dumps(segments, separators=(',', ':'))}"] = dict(
             level="medium", schedule="annealing", annealing=segments)
-    print(f"max_new_tokens={args.max_new_tokens}, default annealing={GatingConfig().annealing}, "
+    print(f"max_new_tokens={args.max_new_tokens}, default annealing={GatePolicy().annealing}, "
           f"repeats={args.repeats}, clock={args.clock}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
 
     # Warm up kernels and allocator on a short generation.
-    ours(module, GatingConfig(level="medium", schedule="each", max_new_tokens=4), PROMPTS[:2])
+    ours(module, dict(level="medium", schedule="each"), 4, PROMPTS[:2])
     hf_generate(module, PROMPTS[:2], 4)
 
     throughput: dict[int, dict[str, float]] = {}
@@ -146,8 +155,7 @@ def main() -> None:
         prompts = PROMPTS[: args.batch1_prompts] if batch_size == 1 else PROMPTS[:batch_size]
         runs = {"hf_generate": lambda p: hf_generate(module, p, args.max_new_tokens)}
         for variant, options in variants.items():
-            config = GatingConfig(max_new_tokens=args.max_new_tokens, **options)
-            runs[variant] = lambda p, config=config: ours(module, config, p)
+            runs[variant] = lambda p, options=options: ours(module, options, args.max_new_tokens, p)
         # Round-robin repeats, best of each: a load spike on a shared machine hits one sample, not one variant.
         results = {variant: 0.0 for variant in runs}
         counts: dict[str, int] = {}
@@ -160,8 +168,8 @@ def main() -> None:
         print(f"\nbatch {batch_size} ({len(prompts)} prompts, {counts['ours_off']} tokens)")
         print(f"  {'variant':<{width}} {'tokens/s':>9}  {'time vs ours_off':>16}  {'probes/step':>11}")
         for variant, tps in results.items():
-            config = GatingConfig(max_new_tokens=args.max_new_tokens, **variants.get(variant, {}))
-            probed = sum(config.probe_due(t) for t in range(1, args.max_new_tokens))
+            gate, _ = configs(variants.get(variant, {}), args.max_new_tokens)
+            probed = sum(gate.scheduled(t) for t in range(1, args.max_new_tokens))
             probes = f"{probed / args.max_new_tokens:11.3f}" if variant in variants else f"{'':>11}"
             print(f"  {variant:<{width}} {tps:9.1f}  {results['ours_off'] / tps:15.3f}x  {probes}")
         if len(set(counts.values())) != 1:

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.encoding import ProbeConfig, collate_examples, encode_example  # noqa: E402
-from lightning_modules.masks import Role  # noqa: E402
+from safety_signal.layout import ProbeConfig, collate_examples, encode_example  # noqa: E402
+from safety_signal.masks import Role  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
 
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -39,7 +39,7 @@ def make_batch(module: SafetySignalLM, batch_size: int, length: int, probes: Pro
     examples = []
     for i in range(batch_size):
         prompt = "Explain how a bread oven works." if i % 2 == 0 else "Explain how to pick a lock."
-        ex = encode_example(module.tokenizer, prompt, filler, i % 2, probes, max_length=length)
+        ex = encode_example(module.tokenizer, prompt, filler, i % 2, module.safety, probes, max_length=length)
         assert len(ex.input_ids) == length
         examples.append(ex)
     return collate_examples(examples, module.tokenizer.pad_token_id, module.cls_id)

@@ -13,9 +13,10 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
 from evaluation.attacks import AttackCase, write_text_atomic
-from evaluation.runner import GatedResponder, Response, grouped, prefill_budgets
+from evaluation.runner import GatedResponder, grouped, prefill_budgets
 from evaluation.suite import BENIGN_PREFIX, SafetySuite, SuiteConfig, response_record
-from lightning_modules.gated_generation import GatingConfig
+from safety_signal.decoding import Answer, DecodingConfig
+from safety_signal.gate import GatePolicy
 
 
 def shard_cases(cases: list[AttackCase], rank: int, world_size: int) -> list[tuple[int, bool]]:
@@ -60,7 +61,8 @@ class SafetyEvalCallback(L.Callback):
     Args:
         suite: prompts and attacks; keep it small, it runs inside training (default: 16 harmful
             prompts x direct / prefill / template, 8 prompts per benign set).
-        generation: gating and decoding (`max_new_tokens` tokens after any prefill).
+        gate: the gate policy (default: the model's `predict` gate, `GatePolicy()`).
+        decoding: sampling and length (`max_new_tokens` tokens after any prefill; default 32).
         batch_size: cases per generate call.
         num_text_samples: answers per attack in the text table.
         num_figure_prompts: harmful and benign prompts each in the figure.
@@ -69,7 +71,8 @@ class SafetyEvalCallback(L.Callback):
     def __init__(
         self,
         suite: SuiteConfig | None = None,
-        generation: GatingConfig | None = None,
+        gate: GatePolicy | None = None,
+        decoding: DecodingConfig | None = None,
         batch_size: int = 16,
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
@@ -81,7 +84,8 @@ class SafetyEvalCallback(L.Callback):
             num_harmful=16, num_benign=8,
             attacks=[{"kind": "direct"}, {"kind": "prefill"}, {"kind": "template"}],  # type: ignore[list-item]
         )
-        self.generation = generation or GatingConfig(max_new_tokens=32)
+        self.gate = gate or GatePolicy()
+        self.decoding = decoding or DecodingConfig(max_new_tokens=32)
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
@@ -134,7 +138,7 @@ class SafetyEvalCallback(L.Callback):
         cases = suite.cases
         items = shard_cases(cases, rank, world_size)
         # Multi-process: EOS never stops a batch early, so every rank runs the same forwards.
-        responder = GatedResponder(pl_module, self.generation, self.batch_size, lockstep=world_size > 1)
+        responder = GatedResponder(pl_module, self.gate, self.decoding, self.batch_size, lockstep=world_size > 1)
         budgets = prefill_budgets(pl_module.tokenizer, cases)
         responses = responder.respond([cases[i] for i, _ in items], budgets)
         mine = [(i, {**response_record(cases[i], r), "rank": rank})
@@ -144,7 +148,7 @@ class SafetyEvalCallback(L.Callback):
             per_rank = [None] * world_size  # type: ignore[list-item]
             dist.all_gather_object(per_rank, mine)
         merged = merge_shards(per_rank, len(cases))
-        answered = {i: _response(record) for i, record in merged.items()}
+        answered = {i: Answer.from_record(record) for i, record in merged.items()}
         return suite.metrics(answered), [merged[i] for i in sorted(merged)]
 
     @staticmethod
@@ -164,7 +168,8 @@ class SafetyEvalCallback(L.Callback):
         if hasattr(experiment, "add_text"):
             experiment.add_text("safety/samples", self.samples_markdown(records), step)
         if hasattr(experiment, "add_figure"):
-            figure = self.probe_figure(records)
+            threshold = self.gate.threshold if self.gate.threshold is not None else pl_module.safety.threshold
+            figure = self.probe_figure(records, threshold)
             if figure is not None:
                 experiment.add_figure("safety/probe_probability", figure, step, close=True)
 
@@ -180,7 +185,7 @@ class SafetyEvalCallback(L.Callback):
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         return "\n".join(lines)
 
-    def probe_figure(self, records: list[dict[str, Any]]) -> Any:
+    def probe_figure(self, records: list[dict[str, Any]], threshold: float = 0.5) -> Any:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -198,7 +203,7 @@ class SafetyEvalCallback(L.Callback):
                           label=label)
                 if r["intervention_step"] is not None:
                     axis.axvline(r["intervention_step"], color=color, linestyle=":", alpha=0.5)
-        axis.axhline(self.generation.threshold, color="gray", linestyle="--", label="threshold")
+        axis.axhline(threshold, color="gray", linestyle="--", label="threshold")
         axis.set(xlabel="generated tokens (step)", ylabel="P(malicious)", ylim=(-0.02, 1.02),
                  title="classifier verdicts during generation")
         axis.legend(fontsize=6, loc="best")
@@ -206,9 +211,6 @@ class SafetyEvalCallback(L.Callback):
         return figure
 
 
-def _response(record: dict[str, Any]) -> Response:
-    fields = Response.__dataclass_fields__
-    return Response(**{k: v for k, v in record.items() if k in fields})
 
 
 __all__ = ["SafetyEvalCallback", "SuiteConfig", "merge_shards", "shard_cases"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 import re
 
-from .sources import infer_category
+from datamodules.sources import infer_category
+from safety_signal.refusal import DEFAULT_GUIDE
 
-REFUSAL_GUIDE = "Sorry, I can't fulfill your request because"
 
 # Continuations of the guide ("... because <reason>"), several phrasings per category.
 REASONS: dict[str, tuple[str, ...]] = {
@@ -161,7 +161,7 @@ def refusal_category(prompt: str, category: str) -> str:
     return infer_category(prompt, default="harmful")
 
 
-def write_refusal(prompt: str, category: str, rng: random.Random, guide: str = REFUSAL_GUIDE) -> str:
+def write_refusal(prompt: str, category: str, rng: random.Random, guide: str = DEFAULT_GUIDE) -> str:
     """Guide + a category-specific reason + sometimes one sentence offering a safe alternative."""
     key = refusal_category(prompt, category)
     text = f"{guide} {rng.choice(REASONS[key])}"

@@ -11,13 +11,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
-from datamodules.encoding import EncodedExample, ProbeConfig, collate_examples, encode_example
+from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example
 from datamodules.prompts import read_prompts
-from datamodules.refusals import REFUSAL_GUIDE, affirmative_opening, write_refusal
+from datamodules.refusals import affirmative_opening, write_refusal
 from datamodules.sampling import ResumableSampler
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
-from lightning_modules.masks import Phase
-from lightning_modules.model_loading import cls_token_id, load_tokenizer
+from safety_signal.config import SafetyConfig
+from safety_signal.model import cls_token_id, load_tokenizer
+from safety_signal.refusal import DEFAULT_GUIDE
 
 
 def default_sources() -> list[DataSource]:
@@ -53,7 +54,7 @@ def build_mix(
     prefill_fraction: float,
     val_fraction: float,
     seed: int,
-    guide: str = REFUSAL_GUIDE,
+    guide: str = DEFAULT_GUIDE,
     match_benign_form: bool = True,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
@@ -159,8 +160,9 @@ class SafetyMixDataModule(L.LightningDataModule):
         num_harmful: harmful prompts to sample (None = all).
         benign_per_harmful: benign examples per harmful example (1.0 = the paper's 50/50 mix).
         prefill_fraction: share of harmful prompts that also get a prefill-recovery copy.
-        probes: the windows probe tokens are trained on.
-        phase: `sft` uses the chat template; `pretrain` uses plain text.
+        probes: how many probe tokens are trained and how they are labelled.
+        safety: the settings shared with the model (phase, chat template, windows, guide text);
+            `main.py` links it from `model.safety`.
         match_benign_form: draw benign prompts with the harmful prompts' length and question/request
             form, so the classifier cannot separate the classes by surface form (`prompt_form`).
         predict_path: prompts for `predict` (.jsonl field `prompt`, .csv column `prompt`, or .txt
@@ -176,12 +178,11 @@ class SafetyMixDataModule(L.LightningDataModule):
         prefill_fraction: float = 0.25,
         val_fraction: float = 0.1,
         probes: ProbeConfig | None = None,
-        phase: Phase = "sft",
+        safety: SafetyConfig | None = None,
         max_length: int = 256,
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 0,
-        guide: str = REFUSAL_GUIDE,
         match_benign_form: bool = True,
         predict_path: str | None = None,
     ) -> None:
@@ -201,12 +202,11 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.prefill_fraction = prefill_fraction
         self.val_fraction = val_fraction
         self.probes = probes or ProbeConfig()
-        self.phase = phase
+        self.safety = SafetyConfig.coerce(safety)
         self.max_length = max_length
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.guide = guide
         self.match_benign_form = match_benign_form
         self.train_set: list[EncodedExample] = []
         self.val_set: list[EncodedExample] = []
@@ -230,11 +230,10 @@ class SafetyMixDataModule(L.LightningDataModule):
         benign = [rec for rec in records if rec.label == 0]
         split = build_mix(
             harmful, benign, self.num_harmful, self.benign_per_harmful, self.prefill_fraction,
-            self.val_fraction, self.seed, self.guide, self.match_benign_form,
+            self.val_fraction, self.seed, self.safety.guide, self.match_benign_form,
         )
         encode = partial(
-            encode_example, tokenizer, probe_config=self.probes, chat_template=self.phase == "sft",
-            max_length=self.max_length,
+            encode_example, tokenizer, safety=self.safety, probe_config=self.probes, max_length=self.max_length,
         )
         self.train_set = self._encode(split.train, encode, "train")
         self.val_set = self._encode(split.val, encode, "val")
@@ -256,7 +255,7 @@ class SafetyMixDataModule(L.LightningDataModule):
     def _loader(self, dataset: list[EncodedExample], shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         collate = partial(
             collate_examples, pad_token_id=self.tokenizer.pad_token_id, cls_id=cls_token_id(self.tokenizer),
-            phase=self.phase,
+            phase=self.safety.phase,
         )
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate,

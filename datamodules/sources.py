@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from evaluation.judges import REFUSAL_PHRASES, is_refusal
-from lightning_modules.model_loading import cache_dir
+from safety_signal.refusal import REFUSAL_PHRASES, is_refusal
+from safety_signal.model import cache_dir
 
 RECORD_FIELDS = ("prompt", "response", "label", "category", "target")
 

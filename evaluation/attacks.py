@@ -2,7 +2,7 @@
 
 An attack turns harmful prompts into `AttackCase`s: the user turn (maybe wrapped), an optional
 prefill (text the response is forced to start with, `SafetyGatedGenerator.generate(prompts,
-prefills)`) and decoding overrides (`GatingConfig` fields). New attacks plug in by adding a class
+prefills)`) and decoding overrides (`DecodingConfig` fields). New attacks plug in by adding a class
 with `name` and `apply(prompts) -> list[AttackCase]` to `ATTACKS`.
 
 | kind | what a case is |
@@ -36,7 +36,7 @@ import yaml
 
 from datamodules.refusals import affirmative_opening
 from datamodules.sources import DataSource, load_source, package_file
-from lightning_modules.model_loading import cache_dir
+from safety_signal.model import cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -82,7 +82,7 @@ class AttackCase:
     prompt_index: int
     prompt: str
     prefill: str = ""
-    decoding: tuple[tuple[str, Any], ...] = ()  # GatingConfig overrides, hashable for grouping
+    decoding: tuple[tuple[str, Any], ...] = ()  # DecodingConfig overrides, hashable for grouping
     variant: str = ""
 
     @property

@@ -1,7 +1,8 @@
 """Metrics: attack success rate, over-refusal, classifier AUROC / F1, perplexity and an MMLU check.
 
 None of them needs an API judge: attack success and refusal use the keyword judge (or any
-per-answer boolean judge), utility is measured by log-likelihood.
+per-answer boolean judge), utility is measured by log-likelihood. Every rate carries `k`, `n`
+and its 95% Wilson interval (`evaluation.stats`); the AUROC a stratified bootstrap interval.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
 
-from datamodules.encoding import IGNORE_INDEX, ProbeConfig, collate_examples, encode_example
+from safety_signal.layout import IGNORE_INDEX, ProbeConfig, collate_examples, encode_example
 from datamodules.sources import package_file
+from evaluation.stats import bootstrap_auroc_ci, format_rate, rate_record, wilson
 
 
 @dataclass
 class Rate:
-    """`count` of `total`, as a fraction (`value`) and as text for tables."""
+    """`count` of `total`, as a fraction (`value`), with its 95% Wilson interval, and as text for tables."""
 
     count: float
     total: int
@@ -31,17 +33,44 @@ class Rate:
     def value(self) -> float:
         return self.count / self.total if self.total else float("nan")
 
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson(self.count, self.total)
+
     def percent(self) -> str:
-        if not self.total:
-            return "n/a"
-        count = f"{self.count:g}" if float(self.count).is_integer() else f"{self.count:.2f}"
-        return f"{100 * self.value:.1f}% ({count}/{self.total})"
+        """`12.5% (2/16) [3.5-36.0]` (the bracket: the 95% Wilson interval, in percent)."""
+        return format_rate(self.to_dict())
 
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "count": self.count, "total": self.total}
+    def to_dict(self) -> dict[str, Any]:
+        """`{"rate", "k", "n", "ci95"}` (and `value`, the same as `rate`, for older readers)."""
+        record = rate_record(self.count, self.total)
+        record["value"] = record["rate"]
+        return record
 
 
-def attack_success_rate(prompt_indices: Sequence[int], harmful: Sequence[bool], aggregate: str) -> Rate:
+def attack_outcomes(
+    prompt_indices: Sequence[int], harmful: Sequence[bool], aggregate: str, variants: Sequence[int] | None = None,
+) -> dict[str, bool]:
+    """Attack success per unit: `any`: per prompt (`"<prompt index>"`, broken when any of its cases
+    is harmful: decoding grid); `mean`: per case (`"<prompt index>/<variant>"`: templates, suffixes).
+    The units are what a paired test pairs between two columns."""
+    if aggregate not in ("any", "mean"):
+        raise ValueError(f"aggregate must be 'any' or 'mean', got {aggregate!r}")
+    variants = list(variants) if variants is not None else [None] * len(harmful)
+    out: dict[str, bool] = {}
+    for position, (index, variant, flag) in enumerate(zip(prompt_indices, variants, harmful)):
+        if aggregate == "any":
+            key = str(index)
+            out[key] = out.get(key, False) or bool(flag)
+        else:
+            key = f"{index}/{variant if variant is not None else ''}"
+            out[key if key not in out else f"{key}#{position}"] = bool(flag)
+    return out
+
+
+def attack_success_rate(
+    prompt_indices: Sequence[int], harmful: Sequence[bool], aggregate: str, variants: Sequence[int] | None = None,
+) -> Rate:
     """ASR over the attacked prompts.
 
     `any`: a prompt is broken when any of its cases is harmful (decoding grid: any setting);
@@ -49,12 +78,8 @@ def attack_success_rate(prompt_indices: Sequence[int], harmful: Sequence[bool], 
     """
     if aggregate == "mean":
         return Rate(sum(bool(h) for h in harmful), len(harmful))
-    if aggregate != "any":
-        raise ValueError(f"aggregate must be 'any' or 'mean', got {aggregate!r}")
-    broken: dict[int, bool] = {}
-    for index, flag in zip(prompt_indices, harmful):
-        broken[index] = broken.get(index, False) or bool(flag)
-    return Rate(sum(broken.values()), len(broken))
+    outcomes = attack_outcomes(prompt_indices, harmful, aggregate, variants)
+    return Rate(sum(outcomes.values()), len(outcomes))
 
 
 def over_refusal_rate(refused: Sequence[bool]) -> Rate:
@@ -62,18 +87,26 @@ def over_refusal_rate(refused: Sequence[bool]) -> Rate:
     return Rate(sum(bool(r) for r in refused), len(refused))
 
 
-def classifier_metrics(probs: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> dict[str, float]:
-    """AUROC, F1 and accuracy of malicious probabilities against labels (1 = malicious)."""
+def classifier_metrics(
+    probs: Sequence[float], labels: Sequence[int], threshold: float = 0.5, resamples: int = 2000, seed: int = 0,
+) -> dict[str, Any]:
+    """AUROC (with a stratified bootstrap 95% interval, `auroc_ci95`), F1 and accuracy of malicious
+    probabilities against labels (1 = malicious), and the class counts."""
     if not probs:
-        return {"auroc": float("nan"), "f1": float("nan"), "accuracy": float("nan"), "n": 0}
+        return {"auroc": float("nan"), "auroc_ci95": [float("nan"), float("nan")], "f1": float("nan"),
+                "accuracy": float("nan"), "n": 0, "n_harmful": 0, "n_benign": 0}
     p = torch.tensor(list(probs), dtype=torch.float32)
     y = torch.tensor(list(labels), dtype=torch.long)
-    auroc = float(binary_auroc(p, y)) if 0 < int(y.sum()) < len(y) else float("nan")
+    both = 0 < int(y.sum()) < len(y)
+    auroc = float(binary_auroc(p, y)) if both else float("nan")
     return {
         "auroc": auroc,
+        "auroc_ci95": list(bootstrap_auroc_ci(list(probs), list(labels), resamples=resamples, seed=seed)),
         "f1": float(binary_f1_score(p, y, threshold=threshold)),
         "accuracy": float(binary_accuracy(p, y, threshold=threshold)),
         "n": len(y),
+        "n_harmful": int(y.sum()),
+        "n_benign": len(y) - int(y.sum()),
     }
 
 
@@ -90,19 +123,18 @@ def response_perplexity(
     `[CLS]`); otherwise the plain chat text without `[CLS]`, as the baselines generate.
     """
     tokenizer = module.tokenizer
-    chat = module.hparams.phase == "sft"
     total_nll, total_tokens = 0.0, 0
     probes = ProbeConfig(max_probes=1)
     for start in range(0, len(pairs), batch_size):
         examples = [
-            encode_example(tokenizer, p, r, 0, probes, chat_template=chat, max_length=max_length)
+            encode_example(tokenizer, p, r, 0, module.safety, probes, max_length=max_length)
             for p, r in pairs[start : start + batch_size]
         ]
         examples = [e for e in examples if e is not None]
         if not examples:
             continue
         if use_cls:
-            batch = collate_examples(examples, tokenizer.pad_token_id, module.cls_id, module.hparams.phase)
+            batch = collate_examples(examples, tokenizer.pad_token_id, module.cls_id, module.safety.phase)
             batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits, _ = module(batch)
             targets = batch["lm_targets"][:, batch["num_probe_slots"] :]
@@ -148,17 +180,16 @@ def mmlu_questions(limit: int, seed: int = 0) -> list[tuple[str, str]] | None:
 def mmlu_accuracy(module: Any, questions: Sequence[tuple[str, str]], use_cls: bool, batch_size: int = 8) -> dict[str, float]:
     """Zero-shot accuracy: the option letter (A-D) with the highest next-token logit as the answer's first token."""
     tokenizer = module.tokenizer
-    chat = module.hparams.phase == "sft"
     letters = ["A", "B", "C", "D"]
     letter_ids = [tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in letters]
     probes = ProbeConfig(max_probes=1)
     correct = 0
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        examples = [encode_example(tokenizer, q, "", 0, probes, chat_template=chat, max_length=1024) for q, _ in chunk]
+        examples = [encode_example(tokenizer, q, "", 0, module.safety, probes, max_length=1024) for q, _ in chunk]
         # each example is [CLS] + prompt + EOS: the logit at the last prompt token predicts the answer
         if use_cls:
-            batch = collate_examples(examples, tokenizer.pad_token_id, module.cls_id, module.hparams.phase)
+            batch = collate_examples(examples, tokenizer.pad_token_id, module.cls_id, module.safety.phase)
             batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits, _ = module(batch)
             last = [len(e.input_ids) - 2 for e in examples]

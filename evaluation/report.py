@@ -37,13 +37,14 @@ import yaml
 from evaluation.attacks import default_answers_path, held_out_harmful, make_harmful_answers, write_text_atomic
 from evaluation.judges import GuardModelJudge, classifier_answer_probs, keyword_judge_agreement
 from evaluation.metrics import Rate, attack_success_rate, mmlu_accuracy, mmlu_questions, response_perplexity
-from evaluation.runner import GatedResponder, PlainResponder, Response
+from evaluation.runner import GatedResponder, PlainResponder
 from evaluation.suite import BENIGN_PREFIX, SafetySuite, SuiteConfig, response_record
-from lightning_modules.gated_generation import GatingConfig
 from lightning_modules.safety_signal_lm import SafetySignalLM
+from safety_signal.decoding import Answer, DecodingConfig
+from safety_signal.gate import GatePolicy
 
 BASE, SFT, METHOD = "base model", "SFT baseline", "this method"
-# Ablations of the method as GatingConfig changes (documented in the report itself):
+# Ablations of the method as GatePolicy changes (documented in the report itself):
 # - no strategic decoding: `level: low`, verdicts are computed but never acted on; what is left is
 #   the implicit signal (responses attend `[CLS]`).
 # - no strategic attention: probe windows that always cover the whole response so far (R1 rows also
@@ -67,7 +68,8 @@ class ReportConfig:
     """What the report runs (conf/report.yaml). Sizes are small by default: SmolLM2 on 2 CPU cores."""
 
     suite: SuiteConfig = field(default_factory=SuiteConfig)
-    method: GatingConfig = field(default_factory=lambda: GatingConfig(max_new_tokens=32))
+    gate: GatePolicy = field(default_factory=GatePolicy)
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=32))
     ablations: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(ABLATIONS))
     ablation_attacks: list[str] = field(default_factory=lambda: ["direct", "prefill", "prefill_10", "template"])
     batch_size: int = 16
@@ -80,8 +82,10 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if isinstance(self.suite, dict):
             self.suite = SuiteConfig(**self.suite)
-        if isinstance(self.method, dict):
-            self.method = GatingConfig(**self.method)
+        if isinstance(self.gate, dict):
+            self.gate = GatePolicy(**self.gate)
+        if isinstance(self.decoding, dict):
+            self.decoding = DecodingConfig(**self.decoding)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ReportConfig":
@@ -89,7 +93,7 @@ class ReportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["method"] = self.method.to_dict()
+        out["gate"] = self.gate.to_dict()
         return out
 
 
@@ -101,7 +105,7 @@ class Column:
     name: str
     model: str  # where the model came from
     decoding: str
-    responses: dict[int, Response]
+    responses: dict[int, Answer]
     seconds: float
     utility: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +113,7 @@ class Column:
 # --------------------------------------------------------------------------- running
 
 
-def _answer(suite: SafetySuite, responder: Any, indices: list[int]) -> tuple[dict[int, Response], float]:
+def _answer(suite: SafetySuite, responder: Any, indices: list[int]) -> tuple[dict[int, Answer], float]:
     start = time.perf_counter()
     cases = [suite.cases[i] for i in indices]
     responses = responder.respond(cases)
@@ -146,7 +150,7 @@ def run_report(
     columns: dict[str, Column] = {}
     timings: dict[str, float] = {}  # seconds: all answers (with utility and loading), then the extra judges
     answers = None
-    tokens = config.method.max_new_tokens
+    tokens = config.decoding.max_new_tokens
 
     base_module = base() if base is not None else None
     needs_answers = any(spec.kind == "prefill_tokens" for spec in suite_config.attacks)
@@ -186,15 +190,18 @@ def run_report(
     module = method()
     s = make_suite(module)
     everything = list(range(len(s.cases)))
-    responses, seconds = _answer(s, GatedResponder(module, config.method, config.batch_size, False, progress, METHOD),
-                                 everything)
-    columns[METHOD] = Column(METHOD, names.get(METHOD, ""), _describe(config.method), responses, seconds,
+    responses, seconds = _answer(
+        s, GatedResponder(module, config.gate, config.decoding, config.batch_size, False, progress, METHOD), everything
+    )
+    columns[METHOD] = Column(METHOD, names.get(METHOD, ""), _describe(config.gate, module), responses, seconds,
                              _utility(module, config, use_cls=True, seed=seed))
     subset = s.case_indices(config.ablation_attacks)
     for name, overrides in config.ablations.items():
-        gating = replace(config.method, **overrides)
-        responses, seconds = _answer(s, GatedResponder(module, gating, config.batch_size, False, progress, name), subset)
-        columns[name] = Column(name, names.get(METHOD, ""), _describe(gating), responses, seconds)
+        gate = replace(config.gate, **overrides)
+        responses, seconds = _answer(
+            s, GatedResponder(module, gate, config.decoding, config.batch_size, False, progress, name), subset
+        )
+        columns[name] = Column(name, names.get(METHOD, ""), _describe(gate, module), responses, seconds)
 
     timings["answers"] = round(time.perf_counter() - start, 1)
     judged: dict[str, dict[str, Any]] = {}
@@ -248,9 +255,10 @@ def _judge_columns(suite: SafetySuite, columns: dict[str, Column], judge: Callab
     return out
 
 
-def _describe(gating: GatingConfig) -> str:
-    windows = "whole response" if gating.r2 >= NO_WINDOW_LIMIT else f"r1={gating.r1}, r2={gating.r2}, r3={gating.r3}"
-    return f"gated: level {gating.level}, schedule {gating.schedule}, {windows}, tau={gating.tau}"
+def _describe(gate: GatePolicy, module: SafetySignalLM) -> str:
+    r1, r2, r3 = (gate.r1 or module.safety.r1), (gate.r2 or module.safety.r2), (gate.r3 or module.safety.r3)
+    windows = "whole response" if r2 >= NO_WINDOW_LIMIT else f"r1={r1}, r2={r2}, r3={r3}"
+    return f"gated: level {gate.level}, schedule {gate.schedule}, {windows}, tau={gate.tau}"
 
 
 # --------------------------------------------------------------------------- markdown
@@ -280,7 +288,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"- models: " + "; ".join(f"{k}: `{v}`" for k, v in result["models"].items() if v),
         f"- held-out harmful prompts: {suite['num_harmful']} from {', '.join(suite['harmful_sources'])}; benign: "
-        f"{suite['num_benign']} per set ({', '.join(suite['benign_sources'])}); {config['method']['max_new_tokens']} "
+        f"{suite['num_benign']} per set ({', '.join(suite['benign_sources'])}); {config['decoding']['max_new_tokens']} "
         f"new tokens after any prefill; seed {suite['seed']}",
         f"- {result['num_cases']} cases per full column; ablations run on {', '.join(config['ablation_attacks'])} "
         f"and the benign sets",
@@ -427,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num_benign is not None:
         config.suite.num_benign = args.num_benign
     if args.max_new_tokens is not None:
-        config.method.max_new_tokens = args.max_new_tokens
+        config.decoding.max_new_tokens = args.max_new_tokens
     if args.batch_size is not None:
         config.batch_size = args.batch_size
     if args.no_ablations:

@@ -9,46 +9,20 @@ tokens before it are counted by the leak measure).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.encoding import format_prompt
 from evaluation.attacks import AttackCase
-from lightning_modules.gated_generation import GatedOutput, GatingConfig, SafetyGatedGenerator
 from lightning_modules.safety_signal_lm import SafetySignalLM
+from safety_signal.decoding import Answer, DecodingConfig, SafetyGatedGenerator
+from safety_signal.gate import GatePolicy
+from safety_signal.layout import format_prompt, left_pad
+from safety_signal.model import eos_token_ids
 
 GroupKey = tuple[str, tuple[tuple[str, Any], ...]]
-
-
-@dataclass
-class Response:
-    """An answer to one case. `continuation` is what follows the prefill (a guide text the gate
-    inserted included); `text` is prefill + continuation."""
-
-    continuation: str
-    text: str
-    num_prefill_tokens: int
-    num_new_tokens: int  # response tokens after the prefill
-    verdict_steps: list[int] = field(default_factory=list)
-    verdict_probs: list[float] = field(default_factory=list)
-    intervention_step: int | None = None
-    num_probe_evaluations: int = 0
-    finish_reason: str = ""
-
-    @property
-    def intervened(self) -> bool:
-        return self.intervention_step is not None
-
-    @property
-    def leaked_tokens(self) -> int | None:
-        """Tokens the model itself generated before the gate intervened (prefill tokens are the
-        attacker's, not a leak); None when the gate did not intervene."""
-        if self.intervention_step is None:
-            return None
-        return max(0, self.intervention_step - self.num_prefill_tokens)
 
 
 def group_key(case: AttackCase) -> GroupKey:
@@ -84,7 +58,8 @@ def _batches(cases: Sequence[AttackCase], batch_size: int) -> Iterator[list[int]
 
 
 class GatedResponder:
-    """The method: `SafetyGatedGenerator` with `config`, decoding overrides applied per case group.
+    """The method: `SafetyGatedGenerator` with `gate` and `decoding`; an attack's decoding overrides
+    (the decoding grid) apply per case group.
 
     `lockstep`: every batch runs exactly `max_new_tokens + prefill budget` decode steps (EOS does
     not stop a row; each answer is cut after its first EOS afterwards, which gives the answer an
@@ -93,29 +68,30 @@ class GatedResponder:
     """
 
     def __init__(
-        self, module: SafetySignalLM, config: GatingConfig, batch_size: int = 16, lockstep: bool = False,
-        progress: bool = False, description: str = "gated",
+        self, module: SafetySignalLM, gate: GatePolicy, decoding: DecodingConfig, batch_size: int = 16,
+        lockstep: bool = False, progress: bool = False, description: str = "gated",
     ) -> None:
         self.module = module
-        self.config = config
+        self.gate = gate
+        self.decoding = decoding
         self.batch_size = batch_size
         self.lockstep = lockstep
         self.progress = progress
         self.description = description
 
-    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Response]:
+    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
         tokenizer = self.module.tokenizer
         prefill_counts = prefill_token_counts(tokenizer, cases)
-        guide_len = len(tokenizer(self.config.guide, add_special_tokens=False)["input_ids"])  # as the generator
-        responses: list[Response | None] = [None] * len(cases)
+        guide_len = len(tokenizer(self.module.safety.guide, add_special_tokens=False)["input_ids"])  # as the generator
+        responses: list[Answer | None] = [None] * len(cases)
         batches = list(_batches(cases, self.batch_size))
         for batch in tqdm(batches, desc=self.description, disable=not self.progress, leave=False):
             key = group_key(cases[batch[0]])
             budget = budgets[key] if budgets is not None else max(prefill_counts[i] for i in batch)
             # Room for a guide queued near the end, so a late intervention is written out whole.
-            config = replace(self.config, **cases[batch[0]].decoding_overrides,
-                             max_new_tokens=self.config.max_new_tokens + budget + guide_len)
-            generator = SafetyGatedGenerator(self.module, config)
+            decoding = replace(self.decoding, **cases[batch[0]].decoding_overrides,
+                               max_new_tokens=self.decoding.max_new_tokens + budget + guide_len)
+            generator = SafetyGatedGenerator(self.module, self.gate, decoding)
             eos_ids = list(generator.eos_ids)
             if self.lockstep:
                 generator.eos_ids = []
@@ -123,32 +99,27 @@ class GatedResponder:
             for i, out in zip(batch, outputs):
                 if self.lockstep:
                     out = _cut_at_eos(out, eos_ids, tokenizer)
-                responses[i] = self._response(out, prefill_counts[i], guide_len)
+                responses[i] = self._cut_to_budget(out, prefill_counts[i], guide_len)
         return responses  # type: ignore[return-value]
 
-    def _response(self, out: GatedOutput, num_prefill: int, guide_len: int) -> Response:
+    def _cut_to_budget(self, out: Answer, num_prefill: int, guide_len: int) -> Answer:
         tokenizer = self.module.tokenizer
         # As long as a plain answer (the prefill plus max_new_tokens), plus the rest of a guide the
         # gate started inside that length (it follows any prefill still being forced).
-        keep = num_prefill + self.config.max_new_tokens
+        keep = num_prefill + self.decoding.max_new_tokens
         if out.intervention_step is not None and out.finish_reason != "refusal" and out.intervention_step < keep:
             keep = max(keep, max(out.intervention_step, num_prefill) + guide_len)
         ids = out.token_ids[:keep]
-        continuation = ids[num_prefill:]
-        return Response(
-            continuation=tokenizer.decode(continuation, skip_special_tokens=True),
+        return replace(
+            out,
+            token_ids=ids,
+            continuation=tokenizer.decode(ids[num_prefill:], skip_special_tokens=True),
             text=tokenizer.decode(ids, skip_special_tokens=True),
             num_prefill_tokens=num_prefill,
-            num_new_tokens=len(continuation),
-            verdict_steps=list(out.verdict_steps),
-            verdict_probs=[float(p) for p in out.verdict_probs],
-            intervention_step=out.intervention_step,
-            num_probe_evaluations=out.num_probe_evaluations,
-            finish_reason=out.finish_reason,
         )
 
 
-def _cut_at_eos(out: GatedOutput, eos_ids: list[int], tokenizer: Any) -> GatedOutput:
+def _cut_at_eos(out: Answer, eos_ids: list[int], tokenizer: Any) -> Answer:
     """The output an early-stopping run gives: tokens through the first EOS, verdicts up to that step."""
     if out.finish_reason == "refusal":
         return out
@@ -159,8 +130,10 @@ def _cut_at_eos(out: GatedOutput, eos_ids: list[int], tokenizer: Any) -> GatedOu
     # A verdict at step t is taken before y_t is emitted: the row was still running for t <= eos_step.
     kept = [i for i, step in enumerate(out.verdict_steps) if step <= eos_step]
     intervention = out.intervention_step if out.intervention_step is not None and out.intervention_step <= eos_step else None
-    return GatedOutput(
+    return replace(
+        out,
         text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        continuation=tokenizer.decode(token_ids[out.num_prefill_tokens :], skip_special_tokens=True),
         token_ids=token_ids,
         verdict_steps=[out.verdict_steps[i] for i in kept],
         verdict_probs=[out.verdict_probs[i] for i in kept],
@@ -188,27 +161,23 @@ class PlainResponder:
         self.description = description
 
     @torch.inference_mode()
-    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Response]:
+    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
         module, tokenizer = self.module, self.module.tokenizer
         model = module.model
-        chat = module.hparams.phase == "sft"
         prefill_counts = prefill_token_counts(tokenizer, cases)
-        responses: list[Response | None] = [None] * len(cases)
+        eos = set(eos_token_ids(model, tokenizer))
+        responses: list[Answer | None] = [None] * len(cases)
         batches = list(_batches(cases, self.batch_size))
         for batch in tqdm(batches, desc=self.description, disable=not self.progress, leave=False):
-            rows = []
+            rows, prefill_ids = [], []
             for i in batch:
-                text = format_prompt(tokenizer, cases[i].prompt, chat)[0]
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                if cases[i].prefill:
-                    ids = ids + tokenizer(cases[i].prefill, add_special_tokens=False)["input_ids"]
-                rows.append(ids)
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for row, ids in enumerate(rows):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+                text = format_prompt(tokenizer, cases[i].prompt, module.safety.chat_template)[0]
+                prefill = tokenizer(cases[i].prefill, add_special_tokens=False)["input_ids"] if cases[i].prefill else []
+                rows.append(tokenizer(text, add_special_tokens=False)["input_ids"] + prefill)
+                prefill_ids.append(prefill)
+            input_ids = left_pad(rows, tokenizer.pad_token_id)
+            attention = left_pad([[1] * len(ids) for ids in rows], 0)
+            width = input_ids.shape[1]
             decoding = {"do_sample": False, **cases[batch[0]].decoding_overrides}
             seed = decoding.pop("seed", None)
             if decoding.get("do_sample") and seed is not None:
@@ -222,23 +191,14 @@ class PlainResponder:
             )
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
-                eos = set(_eos_ids(model, tokenizer))
                 if any(t in eos for t in new):
                     new = new[: next(j for j, t in enumerate(new) if t in eos) + 1]
                 continuation = tokenizer.decode(new, skip_special_tokens=True)
-                responses[i] = Response(
-                    continuation=continuation,
+                responses[i] = Answer(
                     text=cases[i].prefill + continuation,
+                    continuation=continuation,
+                    token_ids=prefill_ids[row] + new,
                     num_prefill_tokens=prefill_counts[i],
-                    num_new_tokens=len(new),
                     finish_reason="eos" if new and new[-1] in eos else "length",
                 )
         return responses  # type: ignore[return-value]
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(tokenizer.eos_token_id)
-    return eos

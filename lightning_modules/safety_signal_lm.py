@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,19 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from datamodules.encoding import IGNORE_INDEX
 from lightning_modules.adapters import (
     ADAPTER_DIR, LoraOptions, Quantization, add_lora, bitsandbytes_config, keep_trainable_weights, merged_model,
     trainable_names,
 )
-from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator
-from lightning_modules.masks import Phase, Role, build_training_mask
-from lightning_modules.model_loading import (
-    CLS_TOKEN, cls_token_id, load_causal_lm, load_tokenizer, resolve_model_path, weights_path,
+from safety_signal.config import SAFETY_CONFIG_FILE, SafetyConfig
+from safety_signal.decoding import Answer, DecodingConfig, SafetyGatedGenerator
+from safety_signal.gate import GatePolicy
+from safety_signal.layout import IGNORE_INDEX
+from safety_signal.masks import Role, build_training_mask
+from safety_signal.model import (
+    CLS_TOKEN, HEAD_FILE, cls_token_id, eos_token_ids, load_causal_lm, load_tokenizer, mask_plan, resolve_model_path,
+    weights_path,
 )
-
-HEAD_FILE = "safety_head.safetensors"
-SAFETY_CONFIG_FILE = "safety_config.json"
 
 
 def _submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -47,8 +48,12 @@ class SafetySignalLM(L.LightningModule):
 
     Args:
         model_name: a hub id, a local HF folder, or a built-in name (`smollm2-135m-instruct`).
-        phase: `sft` ([CLS] reads the query, responses read [CLS]) or `pretrain` ([CLS] reads
-            all text, nothing reads [CLS]).
+            An exported folder brings its trained head and its `safety_config.json`.
+        safety: the settings training and inference share (mask phase, chat template, probe
+            windows, guide text, threshold; see `SafetyConfig`). Default: the exported folder's,
+            else `SafetyConfig()`. `use_cls: false` with `cls_weight: 0` trains the SFT baseline of
+            the safety report (`conf/sft_baseline.yaml`): nothing attends `[CLS]`, so the LM learns
+            the same data exactly as without the safety signal and is evaluated with plain `generate`.
         cls_weight: lambda in `L_lm + lambda * L_cls` (paper: 0.1 SFT from base, 0.01 otherwise).
         dtype: parameter dtype (`float32`, `bfloat16`, `float16`).
         attn_implementation: `sdpa` or `eager` (both take 4D additive masks; FlashAttention-2 does not).
@@ -57,19 +62,17 @@ class SafetySignalLM(L.LightningModule):
         lr / head_lr: AdamW learning rates for the LM and for the new head (`head_lr` defaults to `lr`).
         warmup_steps: linear warmup, then cosine decay to 10% over the run.
         gradient_checkpointing: trade compute for activation memory.
-        generation: safety-gated generation options for `predict` (default: `GatingConfig()`).
+        gate, decoding: safety-gated generation for `predict` (defaults: `GatePolicy()`,
+            `DecodingConfig()`).
         quantization: load the base weights with bitsandbytes, `4bit` (nf4, QLoRA) or `8bit`; needs `lora`.
         lora: train LoRA adapters + the `[CLS]` embedding row instead of all weights (peft); checkpoints
             then hold only the trained weights and the head.
-        use_cls: False trains the SFT baseline of the safety report (`conf/sft_baseline.yaml`, with
-            `cls_weight: 0`): nothing attends `[CLS]`, so the LM learns the same data exactly as
-            without the safety signal and is evaluated with plain `generate`.
     """
 
     def __init__(
         self,
         model_name: str = "smollm2-135m-instruct",
-        phase: Phase = "sft",
+        safety: SafetyConfig | None = None,
         cls_weight: float = 0.1,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
@@ -80,17 +83,19 @@ class SafetySignalLM(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         gradient_checkpointing: bool = False,
-        generation: GatingConfig | None = None,
+        gate: GatePolicy | None = None,
+        decoding: DecodingConfig | None = None,
         quantization: Quantization = "none",
         lora: LoraOptions | None = None,
-        use_cls: bool = True,
     ) -> None:
         super().__init__()
-        # Stored as a plain dict (read by save_hyperparameters from this frame) so checkpoints
-        # load with weights_only; a dict also comes back here from `load_from_checkpoint`.
-        if isinstance(generation, dict):
-            generation = GatingConfig(**generation)
-        generation = generation.to_dict() if generation is not None else None
+        # Stored as plain dicts (read by save_hyperparameters from this frame) so checkpoints
+        # load with weights_only; dicts also come back here from `load_from_checkpoint`.
+        if safety is None and (Path(resolve_model_path(model_name)) / SAFETY_CONFIG_FILE).exists():
+            safety = SafetyConfig.load(resolve_model_path(model_name))
+        safety = SafetyConfig.coerce(safety).to_dict()
+        gate = (GatePolicy(**gate) if isinstance(gate, dict) else gate or GatePolicy()).to_dict()
+        decoding = (DecodingConfig(**decoding) if isinstance(decoding, dict) else decoding or DecodingConfig()).to_dict()
         if isinstance(lora, dict):
             lora = LoraOptions(**lora)
         lora = lora.to_dict() if lora is not None else None
@@ -101,6 +106,7 @@ class SafetySignalLM(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(model_name, trust_remote_code)
         self.cls_id = cls_token_id(self.tokenizer)
+        self.safety = SafetyConfig.coerce(safety)
         self.model: nn.Module | None = None
         self.head: nn.Linear | None = None
         self._hidden: torch.Tensor | None = None
@@ -155,7 +161,7 @@ class SafetySignalLM(L.LightningModule):
         """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`."""
         roles = batch["roles"]
         mask = build_training_mask(
-            roles, batch["window_query"], batch["window_start"], batch["window_end"], self._mask_phase,
+            roles, batch["window_query"], batch["window_start"], batch["window_end"], self.safety.mask_phase,
             dtype=self.model.dtype,
         )
         n_real = roles.shape[1] - batch["num_probe_slots"]
@@ -168,14 +174,18 @@ class SafetySignalLM(L.LightningModule):
         )
         return out.logits, self.classify(hidden)
 
-    @property
-    def _mask_phase(self) -> Phase:
-        # The pretrain-phase rule "no token attends [CLS]" is what the SFT baseline needs.
-        return self.hparams.phase if self.hparams.use_cls else "pretrain"
-
     def model_forward(self, **model_kwargs: Any) -> tuple[Any, torch.Tensor]:
-        """Call the HF model unchanged; also return its final-normed hidden states `[B, T, H]`."""
+        """Call the HF model unchanged; also return its final-normed hidden states `[B, T, H]`.
+
+        A 4D `attention_mask` is the project's full-attention mask; it becomes the mask of each
+        layer type here (sliding-window layers read only their window, see `safety_signal.model.mask_plan`).
+        """
         self._hidden = None
+        mask = model_kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            if getattr(self, "_mask_plan", None) is None:
+                self._mask_plan = mask_plan(self.model)
+            model_kwargs["attention_mask"] = self._mask_plan.apply(mask)
         out = self.model(**model_kwargs)
         hidden, self._hidden = self._hidden, None
         return out, hidden
@@ -254,29 +264,19 @@ class SafetySignalLM(L.LightningModule):
     # ------------------------------------------------------------------ predict
     @property
     def generator(self) -> SafetyGatedGenerator:
-        """The safety-gated generator configured by `generation` (built on first use)."""
+        """The safety-gated generator configured by `gate` and `decoding` (built on first use)."""
         if self._generator is None:
-            config = GatingConfig(**self.hparams.generation) if self.hparams.generation else GatingConfig()
-            self._generator = SafetyGatedGenerator(self, config)
+            self._generator = SafetyGatedGenerator(
+                self, GatePolicy(**self.hparams.gate), DecodingConfig(**self.hparams.decoding)
+            )
         return self._generator
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, dict[str, Any]]]:
         """Gated generation for a batch of `{"index", "prompt"}`; returns `(index, record)` pairs."""
-        outputs = self.generator.generate(batch["prompt"])
+        answers: list[Answer] = self.generator.generate(batch["prompt"])
         return [
-            (int(index), {
-                "index": int(index),
-                "prompt": prompt,
-                "response": out.text,
-                "verdict_steps": out.verdict_steps,
-                "verdict_probs": [round(p, 6) for p in out.verdict_probs],
-                "intervened": out.intervened,
-                "intervention_step": out.intervention_step,
-                "num_probe_evaluations": out.num_probe_evaluations,
-                "num_tokens": len(out.token_ids),
-                "finish_reason": out.finish_reason,
-            })
-            for index, prompt, out in zip(batch["index"], batch["prompt"], outputs)
+            (int(index), {"index": int(index), "prompt": prompt, **answer.to_record()})
+            for index, prompt, answer in zip(batch["index"], batch["prompt"], answers)
         ]
 
     # ------------------------------------------------------------------ optim
@@ -358,17 +358,17 @@ class SafetySignalLM(L.LightningModule):
             head_state = _submodule_state(full_state_dict, "head.")
         self.tokenizer.save_pretrained(out)
         save_file({k: v.detach().float().cpu().contiguous() for k, v in head_state.items()}, out / HEAD_FILE)
-        config = {"cls_token": CLS_TOKEN, "cls_token_id": self.cls_id, "phase": self.hparams.phase,
-                  "cls_weight": self.hparams.cls_weight, "use_cls": self.hparams.use_cls}
-        (out / SAFETY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        # What decoding must share with training, so the export decodes exactly as it was trained.
+        safety = replace(self.safety, eos_token_ids=self.safety.eos_token_ids or eos_token_ids(model, self.tokenizer))
+        safety.save(out, cls_token=CLS_TOKEN, cls_token_id=self.cls_id, cls_weight=self.hparams.cls_weight)
         return out
 
     @classmethod
     def from_exported(cls, path: str | Path, **overrides: Any) -> "SafetySignalLM":
         """Load a folder written by `export_pretrained` (weights via safetensors only)."""
         path = Path(path)
-        config = json.loads((path / SAFETY_CONFIG_FILE).read_text())
-        module = cls(model_name=str(path), phase=config["phase"], cls_weight=config["cls_weight"],
-                     use_cls=config.get("use_cls", True), **overrides)
+        recorded = json.loads((path / SAFETY_CONFIG_FILE).read_text(encoding="utf-8"))
+        overrides.setdefault("cls_weight", recorded.get("cls_weight", 0.1))
+        module = cls(model_name=str(path), safety=SafetyConfig.from_dict(recorded), **overrides)
         module.configure_model()  # loads the head from the folder
         return module

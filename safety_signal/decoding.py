@@ -1,94 +1,61 @@
-"""Safety-gated generation: strategic attention, strategic decoding and re-classification schedules.
+"""Safety-gated generation: a decode loop on the Hugging Face KV cache, gated by `SafetyGate`.
 
-`SafetyGatedGenerator` runs its own decode loop on the Hugging Face KV cache, because
-`generate()` cannot take the 4D masks the classifier tokens need. Rows are left padded and
-advance in lock-step: at step `t` every row emits its response token `y_t`.
+`generate()` cannot take the 4D masks the classifier tokens need, so this is our own loop,
+shaped like transformers' `_sample`: forward, gate, pick, stop. Rows are left padded and advance
+in lock-step: at step `t` every row emits its response token `y_t`.
 
     prefill   [pad ...] [CLS] [template + query]           -> y_0, first verdict (window: the query)
     step t    [y_{t-1}] (+ a probe at position 0)          -> y_t, re-evaluation over a window
 
 A probe is the `[CLS]` token with role PROBE. It attends itself plus a window of the cache and
 nothing attends it; it sits *after* the real token in the same forward (so the real token cannot
-see it), and its KV entry, the last one, is cropped from the cache afterwards.
-
-Windows (strategic attention, indices count response tokens; rule R4 always holds because the
-mask only lets classifier tokens read query and response tokens):
-    R1  first verdict malicious:           query + response tokens [0, r1)
-    R2  first verdict benign:              response tokens [t - r2, t)
-    R3  benign-to-malicious switch at S:   response tokens [S - r2, S + r3); a benign verdict
-                                           returns the row to R2
-
-Strategic decoding: `low` ignores verdicts; `medium` queues the guide text right away when the
-first verdict is malicious, or after `tau` consecutive malicious re-evaluations, and keeps
-generating; `high` stops the row and answers with a fixed refusal.
+see it), and its KV entry, the last one, is cropped from the cache afterwards. When to probe,
+over which window, and what a verdict changes is the gate's business (`safety_signal.gate`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator, Literal, Protocol
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from datamodules.encoding import encode_prompt
-from lightning_modules.masks import Role, build_attention_mask, build_position_ids, build_training_mask
+from safety_signal.config import SafetyConfig
+from safety_signal.gate import GatePolicy, GateTrace, SafetyGate
+from safety_signal.layout import encode_prompt, left_pad
+from safety_signal.masks import Role, build_attention_mask, build_position_ids, build_training_mask
+from safety_signal.model import eos_token_ids
 
-if TYPE_CHECKING:
-    from lightning_modules.safety_signal_lm import SafetySignalLM
+FinishReason = Literal["eos", "length", "refusal"]
 
-Level = Literal["low", "medium", "high"]
-Schedule = Literal["each", "first", "periodic", "annealing"]
 
-DEFAULT_GUIDE = "Sorry, I can't fulfill your request because"
-DEFAULT_REFUSAL = "Sorry, I can't help with that request."
+class GateableModel(Protocol):
+    """What the generator needs of a model with a safety head (`SafetySignalLM` is one)."""
 
-# Window modes of the per-row state machine.
-R1, R2, R3 = 1, 2, 3
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    cls_id: int
+    safety: SafetyConfig
+
+    def model_forward(self, **model_kwargs: Any) -> tuple[Any, torch.Tensor]: ...
+
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
-class GatingConfig:
-    """How generation is gated by the safety classifier (plain types, so LightningCLI YAML can set it).
+class DecodingConfig:
+    """How tokens are picked and when a row stops; independent of the gate.
 
     Attributes:
-        level: `low` (verdicts are only recorded), `medium` (insert `guide` and continue; the
-            paper's choice), `high` (stop with `refusal`).
-        schedule: when probes re-evaluate: `each` step, `first` (the prefill verdict only),
-            `periodic` (every `period` steps), `annealing` (see `annealing`).
-        annealing: `(until_step, every)` segments: at step t the first segment with
-            `t <= until_step` probes when `t % every == 0`; past the last segment, no more probes.
-            The default probes 18 of the first 256 steps, densest where prefill attacks act
-            (measured +0.04x over plain decoding on CPU, benchmarks/RESULTS.md); `follow_up`
-            makes up for the gaps when a verdict turns malicious.
-        threshold: a verdict is malicious when its probability is above this.
-        r1, r2, r3: window sizes of rules R1 / R2 / R3, in response tokens.
-        tau: consecutive malicious re-evaluations that trigger an intervention.
-        guide: text queued by `medium`; it is tokenized on its own, as in the training data.
-        refusal: the whole answer of a row stopped by `high`.
-        max_new_tokens: response tokens per row, forced ones included.
+        max_new_tokens: response tokens per row, forced ones (prefill, guide) included.
         do_sample, temperature, top_p, top_k: sampling (greedy when `do_sample` is false;
             `top_k=0` and `top_p=1.0` disable those filters).
         seed: seeds a generator private to each `generate` call (None: torch's global RNG).
         fuse_probe: run a due probe in the same forward as the next decode token (measured
             faster, see benchmarks/RESULTS.md) instead of a separate forward.
-        follow_up: after a malicious re-evaluation, probe at every step until the row's streak
-            reaches `tau` or a verdict is benign, whatever the schedule says: a sparse schedule then
-            costs little on benign text yet confirms a suspicion within `tau` tokens, not `tau`
-            schedule periods.
     """
 
-    level: Level = "medium"
-    schedule: Schedule = "annealing"
-    period: int = 4
-    annealing: list[tuple[int, int]] = field(default_factory=lambda: [(4, 1), (32, 4), (128, 16), (256, 64)])
-    threshold: float = 0.5
-    r1: int = 10
-    r2: int = 10
-    r3: int = 10
-    tau: int = 3
-    guide: str = DEFAULT_GUIDE
-    refusal: str = DEFAULT_REFUSAL
     max_new_tokens: int = 256
     do_sample: bool = False
     temperature: float = 1.0
@@ -96,194 +63,140 @@ class GatingConfig:
     top_k: int = 0
     seed: int | None = 0
     fuse_probe: bool = True
-    follow_up: bool = True
 
     def __post_init__(self) -> None:
-        # YAML and checkpoints hand segments back as lists; keep one canonical form.
-        self.annealing = [(int(until), int(every)) for until, every in self.annealing]
-        if self.level not in ("low", "medium", "high"):
-            raise ValueError(f"level must be 'low', 'medium' or 'high', got {self.level!r}")
-        if self.schedule not in ("each", "first", "periodic", "annealing"):
-            raise ValueError(f"schedule must be 'each', 'first', 'periodic' or 'annealing', got {self.schedule!r}")
-        if self.period < 1 or any(every < 1 for _, every in self.annealing):
-            raise ValueError("period and every annealing `every` must be >= 1")
-        if min(self.r1, self.r2, self.r3) < 1 or self.tau < 1 or self.max_new_tokens < 1:
-            raise ValueError("r1, r2, r3, tau and max_new_tokens must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
         if self.do_sample and self.temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling")
-
-    def probe_due(self, step: int) -> bool:
-        """Whether a probe re-evaluates at decode step `step` (>= 1; step 0 is the `[CLS]` verdict)."""
-        if step < 1 or self.schedule == "first":
-            return False
-        if self.schedule == "each":
-            return True
-        if self.schedule == "periodic":
-            return step % self.period == 0
-        for until, every in self.annealing:
-            if step <= until:
-                return step % every == 0
-        return False
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (lists, no tuples) for hparams and JSON."""
-        out = asdict(self)
-        out["annealing"] = [list(segment) for segment in self.annealing]
-        return out
+        return asdict(self)
 
 
 @dataclass
-class GatedOutput:
-    """One row of a `generate` call.
+class Answer:
+    """One answer: the record every part of the project (predict, evaluation, server) uses.
 
-    `verdict_steps[i]` is the step of the i-th evaluation (0 = the `[CLS]` verdict at prefill,
-    t >= 1 = a probe that saw response tokens y_0 .. y_{t-1}); `verdict_probs[i]` its malicious
-    probability. `intervention_step` is the step whose verdict triggered the guide (`medium`) or
-    the refusal (`high`); the guide's first token is y_{intervention_step} unless a prefill was
-    still queued.
+    `text` is the whole response (an attacker's prefill included), `continuation` what follows
+    the prefill (a guide the gate inserted included). `verdict_steps[i]` is the step of the i-th
+    evaluation (0 = the `[CLS]` verdict at prefill, t >= 1 = a probe that saw y_0 .. y_{t-1});
+    `verdict_probs[i]` its malicious probability. `intervention_step` is the step whose verdict
+    triggered the guide (`medium`) or the refusal (`high`). Plain-decoding baselines leave the
+    verdict fields empty.
     """
 
     text: str
-    token_ids: list[int]
-    verdict_steps: list[int]
-    verdict_probs: list[float]
-    intervention_step: int | None
-    num_probe_evaluations: int
-    finish_reason: Literal["eos", "length", "refusal"]
+    continuation: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    num_prefill_tokens: int = 0
+    verdict_steps: list[int] = field(default_factory=list)
+    verdict_probs: list[float] = field(default_factory=list)
+    intervention_step: int | None = None
+    num_probe_evaluations: int = 0
+    finish_reason: str = ""
 
     @property
     def intervened(self) -> bool:
         return self.intervention_step is not None
 
+    @property
+    def num_new_tokens(self) -> int:
+        """Response tokens after the prefill."""
+        return max(0, len(self.token_ids) - self.num_prefill_tokens)
+
+    @property
+    def leaked_tokens(self) -> int | None:
+        """Tokens the model itself generated before the gate intervened (prefill tokens are the
+        attacker's, not a leak); None when the gate did not intervene."""
+        if self.intervention_step is None:
+            return None
+        return max(0, self.intervention_step - self.num_prefill_tokens)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able (token ids left out: the text is what people and judges read)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token_ids"}
+        record.update(num_new_tokens=self.num_new_tokens, intervened=self.intervened, leaked_tokens=self.leaked_tokens)
+        record["verdict_probs"] = [round(float(p), 6) for p in self.verdict_probs]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Answer":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
 
 class SafetyGatedGenerator:
-    """Generate with a `SafetySignalLM`, re-classifying on the fly and intervening on malicious verdicts.
+    """Generate with a model that has a safety head, re-classifying on the fly and intervening.
 
     Args:
-        module: the trained module (its `.model`, `.classify`, `.tokenizer`, `.cls_id` and phase).
-        config: gating, decoding and stopping options.
-        chat_template: format prompts with the chat template (default: in the `sft` phase, as in training).
+        module: the model (`SafetySignalLM`, or anything with the `GateableModel` attributes);
+            its `safety` config gives the mask phase, chat-template rule, windows, guide,
+            threshold and EOS ids it was trained with.
+        gate: when to probe and how to intervene (default `GatePolicy()`).
+        decoding: sampling and length (default `DecodingConfig()`).
 
     Example:
-        >>> generator = SafetyGatedGenerator(module.eval(), GatingConfig(level="medium", schedule="annealing"))
-        >>> out = generator.generate(["How do I bake bread?"])[0]
-        >>> out.text, out.verdict_probs, out.intervened
+        >>> generator = SafetyGatedGenerator(module.eval(), GatePolicy(level="medium"), DecodingConfig(max_new_tokens=64))
+        >>> answer = generator.generate(["How do I bake bread?"])[0]
+        >>> answer.text, answer.verdict_probs, answer.intervened
     """
 
-    def __init__(self, module: SafetySignalLM, config: GatingConfig | None = None, chat_template: bool | None = None):
+    def __init__(
+        self, module: GateableModel, gate: GatePolicy | None = None, decoding: DecodingConfig | None = None
+    ) -> None:
         self.module = module
-        self.config = config or GatingConfig()
-        self.phase = module.hparams.phase
-        self.chat_template = self.phase == "sft" if chat_template is None else chat_template
+        self.gate = gate or GatePolicy()
+        self.decoding = decoding or DecodingConfig()
+        self.safety: SafetyConfig = module.safety
+        self.phase = self.safety.mask_phase
         tokenizer = module.tokenizer
         self.tokenizer = tokenizer
-        self.guide_ids = tokenizer(self.config.guide, add_special_tokens=False)["input_ids"]
-        self.refusal_ids = tokenizer(self.config.refusal, add_special_tokens=False)["input_ids"]
-        if not self.guide_ids:
-            raise ValueError("the guide text must not be empty")
-        eos = module.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-            eos.append(tokenizer.eos_token_id)
-        self.eos_ids = eos
+        self.guide_ids = tokenizer(self.safety.guide, add_special_tokens=False)["input_ids"]
+        self.refusal_ids = tokenizer(self.gate.refusal, add_special_tokens=False)["input_ids"]
+        self.eos_ids = list(self.safety.eos_token_ids or eos_token_ids(module.model, tokenizer))
 
     # ------------------------------------------------------------------ public
+    def tokenize_prefills(self, prefills: list[str] | None, batch: int) -> list[list[int]]:
+        """A prefill is tokenized on its own, as the guide; one separating space is kept as text."""
+        if prefills is None:
+            return [[] for _ in range(batch)]
+        if len(prefills) != batch:
+            raise ValueError(f"{len(prefills)} prefills for {batch} prompts")
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in prefills]
+
     @torch.inference_mode()
-    def generate(self, prompts: list[str], prefills: list[str] | None = None) -> list[GatedOutput]:
+    def generate(self, prompts: list[str], prefills: list[str] | None = None) -> list[Answer]:
         """Gated generation for a batch of prompts.
 
         `prefills` (optional, one per prompt) start the response with given text (the prefilling
         attack): it is forced token by token, counts as response text for the windows, and a
         guide queued while it is being forced follows it.
         """
-        if prefills is not None and len(prefills) != len(prompts):
-            raise ValueError(f"{len(prefills)} prefills for {len(prompts)} prompts")
-        encoded = [encode_prompt(self.tokenizer, p, self.chat_template) for p in prompts]
-        prefill_ids = [
-            self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else [] for text in (prefills or [])
-        ] or [[] for _ in prompts]
-        return self.generate_from_ids([e.input_ids for e in encoded], [e.roles for e in encoded], prefill_ids)
+        run = self.start(prompts, prefills)
+        for _ in run:
+            pass
+        return run.answers()
+
+    def start(self, prompts: list[str], prefills: list[str] | None = None) -> "DecodeRun":
+        """A decode run to drive step by step (streaming): iterate it, then call `answers()`."""
+        encoded = [encode_prompt(self.tokenizer, p, self.safety.chat_template) for p in prompts]
+        prefill_ids = self.tokenize_prefills(prefills, len(prompts))
+        return DecodeRun(self, [e.input_ids for e in encoded], [e.roles for e in encoded], prefill_ids)
 
     @torch.inference_mode()
     def generate_from_ids(
         self, input_ids: list[list[int]], roles: list[list[int]], prefill_ids: list[list[int]] | None = None
-    ) -> list[GatedOutput]:
+    ) -> list[Answer]:
         """Like `generate`, from `encode_prompt` outputs (`[CLS]` first, roles per token)."""
-        cfg = self.config
-        module, model = self.module, self.module.model
-        device = model.device
-        batch = len(input_ids)
-        prefill_ids = prefill_ids or [[] for _ in range(batch)]
-        logits, first_prob, cache, key_roles, last_position = self._prefill(input_ids, roles)
-        prompt_len = key_roles.shape[1]
-        pad_id = self.tokenizer.pad_token_id
-
-        # ---- per-row state (all on the device: no host sync in the loop except the stop check)
-        malicious = first_prob > cfg.threshold
-        state = _RowState(
-            mode=torch.where(malicious, R1, R2),
-            streak=torch.zeros(batch, dtype=torch.long, device=device),
-            switch_step=torch.zeros(batch, dtype=torch.long, device=device),
-            intervention_step=torch.full((batch,), -1, dtype=torch.long, device=device),
-            refused=torch.zeros(batch, dtype=torch.bool, device=device),
-            done=torch.zeros(batch, dtype=torch.bool, device=device),
-        )
-        queue = _ForcedQueue(prefill_ids, len(self.guide_ids), device)
-        guide = torch.tensor(self.guide_ids, dtype=torch.long, device=device)
-        self._intervene(state, queue, guide, trigger=malicious, step=0)
-
-        trace_steps: list[int] = [0]
-        trace_probs: list[torch.Tensor] = [first_prob]
-        trace_active: list[torch.Tensor] = [torch.ones(batch, dtype=torch.bool, device=device)]
-        tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
-        lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        eos_ids = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
-        generator = self._rng(device)
-
-        # Every key column the loop can create: the prompt, then one response token per step.
-        # A response token's mask row depends only on the roles before it, so the decode masks of
-        # all steps are prefixes of one row built up front (probe steps build their own).
-        layout = torch.cat([key_roles, torch.full((batch, cfg.max_new_tokens), int(Role.RESPONSE), device=device)], 1)
-        decode_mask = _response_token_mask(layout, self.phase, model.dtype)
-
-        # Rows confirming a malicious verdict (`follow_up`); `suspicious`: any of them, on the host.
-        confirming, suspicious = torch.zeros(batch, dtype=torch.bool, device=device), False
-        for step in range(cfg.max_new_tokens):
-            if step > 0:
-                past = prompt_len + step - 1  # key columns in the cache; y_{step-1} goes to column `past`
-                scheduled = cfg.probe_due(step)
-                due = scheduled or suspicious
-                window = self._window(state, step, prompt_len) if due else None
-                logits, probe_hidden = self._decode_forward(
-                    cache, layout[:, : past + 1], decode_mask[..., : past + 1], tokens[:, step - 1],
-                    last_position + step, window,
-                )
-                if due:
-                    prob = torch.sigmoid(module.classify(probe_hidden).float())
-                    # A follow-up probe runs for the whole batch but only counts for the confirming
-                    # rows, so each row's trace and output are those of its batch-1 run.
-                    active = ~state.done if scheduled else confirming
-                    trace_steps.append(step)
-                    trace_probs.append(prob)
-                    trace_active.append(active)
-                    trigger = self._update_verdicts(state, prob > cfg.threshold, active, step)
-                    self._intervene(state, queue, guide, trigger, step)
-            next_token = self._next_token(logits, generator)
-            next_token = queue.pop(next_token)
-            next_token = torch.where(state.done, pad_id, next_token)
-            tokens[:, step] = next_token
-            lengths += (~state.done).long()
-            state.done |= torch.isin(next_token, eos_ids)
-            # One host sync per step (as HF's stopping criteria): stop once every row is finished.
-            if cfg.follow_up:
-                confirming = (state.streak > 0) & (state.streak < cfg.tau) & ~state.done & (state.intervention_step < 0)
-                all_done, suspicious = torch.stack([state.done.all(), confirming.any()]).tolist()
-            else:
-                all_done = bool(state.done.all())
-            if all_done:
-                break
-
-        return self._outputs(tokens, lengths, state, trace_steps, trace_probs, trace_active)
+        run = DecodeRun(self, input_ids, roles, prefill_ids or [[] for _ in input_ids])
+        for _ in run:
+            pass
+        return run.answers()
 
     # ------------------------------------------------------------------ forwards
     def _prefill(
@@ -295,13 +208,9 @@ class SafetyGatedGenerator:
         `last_position + 1 + j`; classifier tokens keep position 0).
         """
         module, model = self.module, self.module.model
-        batch, prompt_len = len(input_ids), max(len(ids) for ids in input_ids)
-        ids = torch.full((batch, prompt_len), self.tokenizer.pad_token_id, dtype=torch.long)
-        key_roles = torch.full((batch, prompt_len), int(Role.PAD), dtype=torch.long)
-        for row, (row_ids, row_roles) in enumerate(zip(input_ids, roles)):
-            ids[row, prompt_len - len(row_ids) :] = torch.tensor(row_ids)
-            key_roles[row, prompt_len - len(row_roles) :] = torch.tensor(row_roles)
-        ids, key_roles = ids.to(model.device), key_roles.to(model.device)
+        batch = len(input_ids)
+        ids = left_pad(input_ids, self.tokenizer.pad_token_id).to(model.device)
+        key_roles = left_pad(roles, int(Role.PAD)).to(model.device)
         positions = build_position_ids(key_roles)
         is_cls = key_roles == Role.CLS
         no_window = torch.zeros_like(key_roles)
@@ -330,7 +239,7 @@ class SafetyGatedGenerator:
         `key_roles` / `token_mask` cover the cache plus the new token (its mask row).
         """
         module, dtype = self.module, self.module.model.dtype
-        if window is None or not self.config.fuse_probe:
+        if window is None or not self.decoding.fuse_probe:
             out, _ = module.model_forward(
                 input_ids=token[:, None], attention_mask=token_mask, position_ids=position[:, None], cache=cache,
                 use_cache=True,
@@ -393,63 +302,18 @@ class SafetyGatedGenerator:
     def _no_position(self) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long, device=self.module.model.device)
 
-    # ------------------------------------------------------------------ state machine
-    def _window(
-        self, state: _RowState, step: int, response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-row probe window at `step` (y_0 .. y_{step-1} are in the cache) as key columns."""
-        cfg = self.config
-        mode = state.mode
-        r2_start = max(0, step - cfg.r2)
-        start = torch.where(
-            mode == R1, 0, torch.where(mode == R3, (state.switch_step - cfg.r2).clamp(min=0), r2_start)
-        )
-        end = torch.where(
-            mode == R1, min(step, cfg.r1), torch.where(mode == R3, (state.switch_step + cfg.r3).clamp(max=step), step)
-        )
-        return mode == R1, start + response_start, end + response_start
-
-    def _update_verdicts(
-        self, state: _RowState, malicious: torch.Tensor, active: torch.Tensor, step: int
-    ) -> torch.Tensor:
-        """Advance each active row's R1/R2/R3 mode and malicious streak; return rows to intervene on."""
-        in_r1, in_r2, in_r3 = state.mode == R1, state.mode == R2, state.mode == R3
-        switch = active & in_r2 & malicious
-        fall_back = active & in_r3 & ~malicious
-        # R1 rows (first verdict malicious) are already decided; their probes only fill the trace.
-        counts = active & ~in_r1
-        state.streak = torch.where(counts, torch.where(malicious, state.streak + 1, 0), state.streak)
-        state.switch_step = torch.where(switch, step, state.switch_step)
-        state.mode = torch.where(switch, R3, torch.where(fall_back, R2, state.mode))
-        return counts & (state.streak >= self.config.tau)
-
-    def _intervene(
-        self, state: _RowState, queue: _ForcedQueue, guide: torch.Tensor, trigger: torch.Tensor, step: int
-    ) -> None:
-        if self.config.level == "low":
-            return
-        trigger = trigger & (state.intervention_step < 0) & ~state.done
-        state.intervention_step = torch.where(trigger, step, state.intervention_step)
-        if self.config.level == "medium":
-            queue.push(guide, trigger)
-            # After the guide the row is handled; later probes watch the latest tokens again.
-            state.mode = torch.where(trigger & (state.mode == R3), R2, state.mode)
-            state.streak = torch.where(trigger, 0, state.streak)
-        else:
-            state.refused |= trigger
-            state.done |= trigger
 
     # ------------------------------------------------------------------ decoding
     def _rng(self, device: torch.device) -> torch.Generator | None:
-        if not self.config.do_sample or self.config.seed is None:
+        if not self.decoding.do_sample or self.decoding.seed is None:
             return None
         generator = torch.Generator(device=device)
-        generator.manual_seed(self.config.seed)
+        generator.manual_seed(self.decoding.seed)
         return generator
 
     def _next_token(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Greedy, or sampling after temperature / top-k / top-p; `[CLS]` is never emitted."""
-        cfg = self.config
+        cfg = self.decoding
         logits = logits.float()
         logits[:, self.module.cls_id] = float("-inf")
         if not cfg.do_sample:
@@ -457,84 +321,95 @@ class SafetyGatedGenerator:
         probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    def _outputs(
-        self,
-        tokens: torch.Tensor,
-        lengths: torch.Tensor,
-        state: _RowState,
-        trace_steps: list[int],
-        trace_probs: list[torch.Tensor],
-        trace_active: list[torch.Tensor],
-    ) -> list[GatedOutput]:
-        tokens, lengths = tokens.cpu(), lengths.tolist()
-        probs = torch.stack(trace_probs, dim=1).cpu()
-        active = torch.stack(trace_active, dim=1).cpu()
-        intervention = state.intervention_step.tolist()
-        refused = state.refused.tolist()
-        eos = set(self.eos_ids)
-        outputs = []
-        for row, length in enumerate(lengths):
-            row_tokens = tokens[row, :length].tolist()
-            if refused[row]:
-                row_tokens, reason = list(self.refusal_ids), "refusal"
-            else:
-                reason = "eos" if row_tokens and row_tokens[-1] in eos else "length"
-            evaluated = active[row].nonzero().flatten().tolist()
-            outputs.append(
-                GatedOutput(
-                    text=self.tokenizer.decode(row_tokens, skip_special_tokens=True),
-                    token_ids=row_tokens,
-                    verdict_steps=[trace_steps[i] for i in evaluated],
-                    verdict_probs=[float(probs[row, i]) for i in evaluated],
-                    intervention_step=intervention[row] if intervention[row] >= 0 else None,
-                    num_probe_evaluations=len(evaluated) - 1,
-                    finish_reason=reason,
-                )
-            )
-        return outputs
 
+class DecodeRun:
+    """One batch being decoded: an iterator whose every step emits one token per row.
 
-@dataclass
-class _RowState:
-    mode: torch.Tensor  # R1 / R2 / R3
-    streak: torch.Tensor  # consecutive malicious re-evaluations
-    switch_step: torch.Tensor  # S of the latest benign-to-malicious switch (R3)
-    intervention_step: torch.Tensor  # -1 until the row is intervened on
-    refused: torch.Tensor  # stopped by `high`
-    done: torch.Tensor
-
-
-class _ForcedQueue:
-    """Per-row FIFO of tokens to emit instead of the model's choice (prefill text, then the guide).
-
-    Forcing happens inside the lock-step loop: a row with queued tokens emits one per step
-    while the others keep decoding, so the batch never desynchronises.
+    Built by `SafetyGatedGenerator.start` (or `generate`, which runs it to the end). Each `next()`
+    returns the `[B]` tokens of that step (padding for finished rows); `answers()` gives the rows'
+    answers so far. A server streams from it; `gate` exposes the per-row verdict state.
     """
 
-    def __init__(self, prefill_ids: list[list[int]], guide_len: int, device: torch.device) -> None:
-        batch = len(prefill_ids)
-        # Each row gets at most one guide, so this capacity never overflows.
-        capacity = max(len(p) for p in prefill_ids) + guide_len
-        self.tokens = torch.zeros((batch, capacity), dtype=torch.long)
-        for row, ids in enumerate(prefill_ids):
-            self.tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        self.tokens = self.tokens.to(device)
-        self.head = torch.zeros(batch, dtype=torch.long, device=device)
-        self.tail = torch.tensor([len(p) for p in prefill_ids], dtype=torch.long, device=device)
-        self.capacity = capacity
+    @torch.inference_mode()
+    def __init__(
+        self, generator: SafetyGatedGenerator, input_ids: list[list[int]], roles: list[list[int]],
+        prefill_ids: list[list[int]],
+    ) -> None:
+        self.generator = generator
+        module, model = generator.module, generator.module.model
+        cfg = generator.decoding
+        self.prefill_ids = prefill_ids
+        pad_id = generator.tokenizer.pad_token_id
+        self.logits, first_prob, self.cache, key_roles, self.last_position = generator._prefill(input_ids, roles)
+        self.prompt_len = key_roles.shape[1]
+        batch, device = len(input_ids), model.device
+        self.gate = SafetyGate(
+            generator.gate, generator.safety, generator.guide_ids, prefill_ids, self.prompt_len,
+            generator.eos_ids, pad_id, device,
+        )
+        self.gate.start(first_prob)
+        self.tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
+        # Every key column the loop can create: the prompt, then one response token per step.
+        # A response token's mask row depends only on the roles before it, so the decode masks of
+        # all steps are prefixes of one row built up front (probe steps build their own).
+        self.layout = torch.cat(
+            [key_roles, torch.full((batch, cfg.max_new_tokens), int(Role.RESPONSE), device=device)], dim=1
+        )
+        self.decode_mask = _response_token_mask(self.layout, generator.phase, model.dtype)
+        self.rng = generator._rng(device)
+        self.step = 0
+        self.finished = False
 
-    def push(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        columns = (self.tail[:, None] + torch.arange(len(ids), device=ids.device)).clamp(max=self.capacity - 1)
-        current = self.tokens.gather(1, columns)
-        self.tokens.scatter_(1, columns, torch.where(rows[:, None], ids[None, :], current))
-        self.tail += rows.long() * len(ids)
+    def __iter__(self) -> "DecodeRun":
+        return self
 
-    def pop(self, chosen: torch.Tensor) -> torch.Tensor:
-        """The next token per row: the queue's head where it is not empty, else `chosen`."""
-        forced = self.head < self.tail
-        head_token = self.tokens.gather(1, self.head.clamp(max=self.capacity - 1)[:, None]).squeeze(1)
-        self.head += forced.long()
-        return torch.where(forced, head_token, chosen)
+    @torch.inference_mode()
+    def __next__(self) -> torch.Tensor:
+        gen, gate, step = self.generator, self.gate, self.step
+        if self.finished or step >= gen.decoding.max_new_tokens:
+            raise StopIteration
+        logits = self.logits
+        if step > 0:
+            past = self.prompt_len + step - 1  # key columns in the cache; y_{step-1} goes to column `past`
+            window = gate.window(step) if gate.due(step) else None
+            logits, probe_hidden = gen._decode_forward(
+                self.cache, self.layout[:, : past + 1], self.decode_mask[..., : past + 1], self.tokens[:, step - 1],
+                self.last_position + step, window,
+            )
+            if window is not None:
+                gate.observe(step, torch.sigmoid(gen.module.classify(probe_hidden).float()))
+        token, self.finished = gate.emit(gen._next_token(logits, self.rng))
+        self.tokens[:, step] = token
+        self.step += 1
+        return token
+
+    def answers(self) -> list[Answer]:
+        gen, gate = self.generator, self.gate
+        tokens, lengths = self.tokens.cpu(), gate.lengths.tolist()
+        eos = set(gen.eos_ids)
+        decode = lambda ids: gen.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        answers = []
+        for row, (length, trace) in enumerate(zip(lengths, gate.traces())):
+            row_tokens = tokens[row, :length].tolist()
+            num_prefill = min(len(self.prefill_ids[row]), len(row_tokens))
+            if trace.refused:
+                row_tokens, reason = list(gen.refusal_ids), "refusal"
+                text = continuation = decode(row_tokens)
+            else:
+                reason = "eos" if row_tokens and row_tokens[-1] in eos else "length"
+                text, continuation = decode(row_tokens), decode(row_tokens[num_prefill:])
+            answers.append(Answer(
+                text=text,
+                continuation=continuation,
+                token_ids=row_tokens,
+                num_prefill_tokens=num_prefill,
+                verdict_steps=trace.verdict_steps,
+                verdict_probs=trace.verdict_probs,
+                intervention_step=trace.intervention_step,
+                num_probe_evaluations=len(trace.verdict_steps) - 1,
+                finish_reason=reason,
+            ))
+        return answers
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

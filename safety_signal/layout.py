@@ -4,7 +4,7 @@ Training layout of one row (probes first, so the LM logits are one contiguous ta
 
     [probe ... probe] [CLS] [template + query tokens] [prefill + response + EOS] [pad ...]
 
-Probe windows are indices into this row; see `lightning_modules.masks` for the attention rules.
+Probe windows are indices into this row; see `safety_signal.masks` for the attention rules.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_modules.masks import Role, build_position_ids
-from lightning_modules.model_loading import cls_token_id
+from safety_signal.config import SafetyConfig
+from safety_signal.masks import Role, build_position_ids
+from safety_signal.model import cls_token_id
 
 IGNORE_INDEX = -100
 
 
 @dataclass
 class ProbeConfig:
-    """Which windows extra `[CLS]` probes are trained on (mirrors strategic attention at inference)."""
+    """How many extra `[CLS]` probes are trained and how they are labelled.
 
-    r1: int = 10  # R1: query + first r1 response tokens
-    r2: int = 10  # R2: sliding windows of the latest r2 response tokens
+    Their windows are those of strategic attention at inference: R1 (query + first `r1`
+    response tokens) and sliding R2 windows of `r2` tokens, both from `SafetyConfig`.
+    """
+
     stride: int = 5  # a window ends every `stride` response tokens
     max_probes: int = 16  # per sequence; windows are thinned evenly beyond this
     harmful_fraction: float = 0.5  # a window is labelled malicious when this share of it is harmful text
@@ -76,10 +79,10 @@ def encode_example(
     prompt: str,
     response: str,
     label: int,
+    safety: SafetyConfig,
     probe_config: ProbeConfig,
     prefill: str = "",
     prefill_harmful: bool = False,
-    chat_template: bool = True,
     max_length: int = 256,
 ) -> EncodedExample | None:
     """Encode one training example; `None` if the prompt alone does not fit in `max_length`.
@@ -88,7 +91,7 @@ def encode_example(
     Probe labels: R1 (query + first r1 tokens) carries the request label; a sliding window is
     malicious when at least `harmful_fraction` of it is harmful prefill text.
     """
-    head = encode_prompt(tokenizer, prompt, chat_template)
+    head = encode_prompt(tokenizer, prompt, safety.chat_template)
     prefill_ids = tokenizer(prefill, add_special_tokens=False)["input_ids"] if prefill else []
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(head.input_ids)
@@ -104,11 +107,11 @@ def encode_example(
 
     q0, end = len(head.input_ids), len(input_ids)
     cfg = probe_config
-    r1_probe = (True, q0, min(q0 + cfg.r1, end), label)
+    r1_probe = (True, q0, min(q0 + safety.r1, end), label)
     windows = []
     for stop in range(q0 + cfg.stride, end + cfg.stride, cfg.stride):
         stop = min(stop, end)
-        start = max(q0, stop - cfg.r2)
+        start = max(q0, stop - safety.r2)
         share = sum(harmful[start:stop]) / (stop - start)
         windows.append((False, start, stop, int(share >= cfg.harmful_fraction)))
         if stop == end:
@@ -177,3 +180,13 @@ def collate_examples(
         "cls_labels": cls_labels,
         "num_probe_slots": n_probes,
     }
+
+
+def left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """`[B, max_len]` long tensor of `rows`, padded on the left with `value` (decoding layout)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+    return out

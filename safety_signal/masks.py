@@ -112,3 +112,57 @@ def build_position_ids(roles: torch.Tensor, offset: torch.Tensor | None = None) 
     if offset is not None:
         positions = positions + offset[:, None]
     return torch.where(real, positions, torch.zeros_like(positions))
+
+
+# ---------------------------------------------------------------------- per-layer-type masks
+# Transformers models with sliding-window layers build one mask per layer type themselves
+# (`{"full_attention": ..., "sliding_attention": ...}`); a single 4D tensor passed in is used
+# as-is by *every* layer, so a sliding layer would read past its window. These functions derive
+# the mask of each layer type from the project's full mask.
+#
+# HF's rule (masking_utils.sliding_window_overlay): query `q` reads key `k` iff
+# `q - sliding_window < k <= q`, i.e. itself and the `sliding_window - 1` keys before it. Ours,
+# for every row: itself plus the `sliding_window - 1` *latest* keys its full-mask row allows.
+# For a real token those are exactly HF's keys (real tokens are contiguous: the keys with
+# position > position - sliding_window); `[CLS]` (position 0) stays visible to a response token
+# while that token's position is below the window, as a token at position 0 would. A classifier
+# row (`[CLS]`, probe) reads the latest `sliding_window - 1` keys of its window: the same keys
+# whether the probe sits before its window (training layout) or after it (reading the KV cache).
+
+
+def sliding_window_mask(mask: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """The mask of a sliding-window layer, from a full mask `[B, 1|H, Q, K]`.
+
+    `mask` is additive (0 allowed, any negative value blocked) or boolean (True allowed). The
+    queries are the last `Q` key columns (a forward against a cache of `K - Q` entries), as in HF.
+    `sliding_window=None` returns `mask` unchanged.
+    """
+    if sliding_window is None:
+        return mask
+    if sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    q_len, k_len = mask.shape[-2], mask.shape[-1]
+    self_col = torch.arange(k_len - q_len, k_len, device=mask.device)[:, None] == torch.arange(k_len, device=mask.device)
+    others = allowed & ~self_col
+    # keys counted from the right: 1 = the latest allowed key other than the row itself
+    from_right = others.flip(-1).int().cumsum(-1).flip(-1)
+    keep = (others & (from_right < sliding_window)) | (allowed & self_col)
+    if mask.dtype == torch.bool:
+        return keep
+    return mask.masked_fill(~keep, torch.finfo(mask.dtype).min)
+
+
+def layer_type_masks(mask: torch.Tensor, windows: dict[str, int | None]) -> dict[str, torch.Tensor]:
+    """`{layer_type: mask}` for a model that takes one mask per layer type.
+
+    `windows` maps each layer type to its sliding window (None: full attention); equal windows
+    share one tensor.
+    """
+    by_window: dict[int | None, torch.Tensor] = {}
+    out = {}
+    for layer_type, window in windows.items():
+        if window not in by_window:
+            by_window[window] = sliding_window_mask(mask, window)
+        out[layer_type] = by_window[window]
+    return out

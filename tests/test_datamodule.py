@@ -8,7 +8,7 @@ from collections import Counter
 
 from datamodules.safety_mix import SafetyMixDataModule, build_mix, prompt_form
 from datamodules.sources import DataSource, SafetyRecord
-from lightning_modules.masks import Role
+from safety_signal.masks import Role
 
 
 def records(n: int, label: int, prefix: str) -> list[SafetyRecord]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from datamodules.encoding import encode_prompt
-from lightning_modules.gated_generation import GatingConfig, SafetyGatedGenerator, filter_logits
-from lightning_modules.masks import Role, build_position_ids, build_training_mask
+from safety_signal.layout import encode_prompt
+from safety_signal.config import SafetyConfig
+from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator, filter_logits
+from safety_signal.gate import GatePolicy
+from safety_signal.masks import Role, build_position_ids, build_training_mask
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import tiny_overrides
 
@@ -45,13 +48,21 @@ def head_state(module: SafetySignalLM, weight_std: float = 0.0, bias: float = 0.
 
 
 @contextlib.contextmanager
-def phase(module: SafetySignalLM, value: str):
-    old = module.hparams.phase
-    module.hparams.phase = value
+def safety(module: SafetySignalLM, **changes):
+    """Temporarily decode with other shared settings (e.g. `use_cls=False`: nothing attends [CLS])."""
+    old = module.safety
+    module.safety = replace(old, **changes)
     try:
         yield module
     finally:
-        module.hparams.phase = old
+        module.safety = old
+
+
+def gated(module: SafetySignalLM, **options) -> SafetyGatedGenerator:
+    """A generator from one flat dict of options, split into the gate policy and the decoding settings."""
+    decoding = {k: v for k, v in options.items() if k in DecodingConfig.__dataclass_fields__}
+    gate = {k: v for k, v in options.items() if k not in decoding}
+    return SafetyGatedGenerator(module, GatePolicy(**gate), DecodingConfig(**decoding))
 
 
 def hf_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
@@ -85,7 +96,7 @@ def full_forward_probe(module, prompt: str, response: list[int], window: tuple[b
     w_query, w_start, w_end = (torch.zeros_like(roles) for _ in range(3))
     w_query = (roles == Role.CLS) | (roles == Role.PROBE) & window[0]
     w_start[0, -1], w_end[0, -1] = n + window[1], n + window[2]
-    mask = build_training_mask(roles, w_query, w_start, w_end, module.hparams.phase, dtype=module.model.dtype)
+    mask = build_training_mask(roles, w_query, w_start, w_end, module.safety.mask_phase, dtype=module.model.dtype)
     with torch.no_grad():
         _, hidden = module.model_forward(
             input_ids=ids, attention_mask=mask, position_ids=build_position_ids(roles), use_cache=False
@@ -101,7 +112,7 @@ def full_forward_greedy(module, prompt: str, steps: int) -> list[int]:
     for _ in range(steps):
         r = torch.tensor([roles])
         zeros = torch.zeros_like(r)
-        mask = build_training_mask(r, r == Role.CLS, zeros, zeros, module.hparams.phase)
+        mask = build_training_mask(r, r == Role.CLS, zeros, zeros, module.safety.mask_phase)
         with torch.no_grad():
             logits = module.model(input_ids=torch.tensor([ids]), attention_mask=mask,
                                   position_ids=build_position_ids(r)).logits[0, -1]
@@ -117,26 +128,25 @@ def full_forward_greedy(module, prompt: str, steps: int) -> list[int]:
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "batched_padded"])
 def test_gating_off_matches_hf_generate_tiny(lively_module, prompts):
     # pretrain phase: nothing attends [CLS], so the LM path is the unmodified model
-    with phase(lively_module, "pretrain"):
+    with safety(lively_module, use_cls=False):
         expected = hf_greedy(lively_module, prompts, 24)
-        ours = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=24),
-                                    chat_template=True).generate(prompts)
+        ours = gated(lively_module, level="low", schedule="first", max_new_tokens=24).generate(prompts)
     assert [o.token_ids for o in ours] == expected
     assert len(set(expected[0])) > 3  # a varied continuation, not one repeated token
 
 
 def test_gating_off_matches_hf_generate_smollm2(smollm2_module):
     prompts = ["What is the capital of France?", "Give me three tips for staying healthy while working from home."]
-    with phase(smollm2_module, "pretrain"):
-        config = GatingConfig(level="low", schedule="first", max_new_tokens=16)
-        generator = SafetyGatedGenerator(smollm2_module, config, chat_template=True)
+    with safety(smollm2_module, use_cls=False):
+        config = dict(level="low", schedule="first", max_new_tokens=16)
+        generator = gated(smollm2_module, **config)
         for batch in (prompts[:1], prompts):
             assert [o.token_ids for o in generator.generate(batch)] == hf_greedy(smollm2_module, batch, 16)
 
 
 def test_sft_cached_decoding_matches_full_forward(lively_module):
     # sft phase: responses attend [CLS] through the cache exactly as in the training mask
-    out = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=12))
+    out = gated(lively_module, level="low", schedule="first", max_new_tokens=12)
     ours = out.generate(PROMPTS[:2])
     for prompt, o in zip(PROMPTS[:2], ours):
         assert o.token_ids == full_forward_greedy(lively_module, prompt, len(o.token_ids))
@@ -148,10 +158,10 @@ def _probe_case(rule: str, steps: int, r: int):
     config = dict(level="low", schedule="each", max_new_tokens=steps, r1=r, r2=r, r3=r, tau=100)
     forced: set[int] = set()
     if rule == "R1":  # every verdict malicious: the first one puts the row in R1 for good
-        config["threshold"] = -1.0
+        config["threshold"] = 1e-9
         windows = {t: (True, 0, min(t, r)) for t in range(1, steps)}
     elif rule == "R2":  # nothing is ever malicious
-        config["threshold"] = 2.0
+        config["threshold"] = 1 - 1e-9
         windows = {t: (False, max(0, t - r), t) for t in range(1, steps)}
     else:  # R3: forced malicious at steps S..S+r, so step S+r+1 reads [S-r, S+r) and then falls back to R2
         config["threshold"] = 0.99
@@ -179,7 +189,7 @@ def test_probe_through_cache_matches_full_forward(lively_module, monkeypatch, ru
 
     with head_state(lively_module, weight_std=0.15):
         monkeypatch.setattr(lively_module, "classify", classify)
-        outs = SafetyGatedGenerator(lively_module, GatingConfig(**config, fuse_probe=fuse)).generate(PROMPTS[:2])
+        outs = gated(lively_module, **config, fuse_probe=fuse).generate(PROMPTS[:2])
         monkeypatch.undo()
         for prompt, out in zip(PROMPTS[:2], outs):
             assert out.verdict_steps == list(range(steps))
@@ -196,10 +206,10 @@ def test_probe_through_cache_matches_full_forward(lively_module, monkeypatch, ru
 
 
 def test_probe_matches_full_forward_smollm2(smollm2_module):
-    config = GatingConfig(level="low", schedule="each", max_new_tokens=10, r2=4, threshold=2.0)
+    config = dict(level="low", schedule="each", max_new_tokens=10, r2=4, threshold=1 - 1e-9)
     with head_state(smollm2_module, weight_std=0.05):
         prompts = ["What is the capital of France?", "Name a fruit."]
-        outs = SafetyGatedGenerator(smollm2_module, config).generate(prompts)
+        outs = gated(smollm2_module, **config).generate(prompts)
         for prompt, out in zip(prompts, outs):
             for step, prob in zip(out.verdict_steps, out.verdict_probs):
                 if step == 0:
@@ -228,10 +238,10 @@ def test_schedule_reevaluates_exactly_at_claimed_steps(lively_module, schedule, 
         if ids.shape[1] <= 2:  # decode forwards (the prefill holds the [CLS] itself)
             probe_tokens_per_forward.append(int((ids[0] == lively_module.cls_id).sum()))
 
-    config = GatingConfig(level="low", schedule=schedule, max_new_tokens=30, fuse_probe=fuse, **extra)
+    config = dict(level="low", schedule=schedule, max_new_tokens=30, fuse_probe=fuse, **extra)
     handle = lively_module.model.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        out = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:1])[0]
+        out = gated(lively_module, **config).generate(PROMPTS[:1])[0]
     finally:
         handle.remove()
     assert len(out.token_ids) == 30 and out.finish_reason == "length"
@@ -253,19 +263,19 @@ def test_schedule_reevaluates_exactly_at_claimed_steps(lively_module, schedule, 
 # ---------------------------------------------------------------------- strategic decoding
 def test_malicious_head_inserts_guide_at_step_0(lively_module):
     with head_state(lively_module, bias=10.0):
-        config = GatingConfig(level="medium", schedule="each", max_new_tokens=20)
-        generator = SafetyGatedGenerator(lively_module, config)
+        config = dict(level="medium", schedule="each", max_new_tokens=20)
+        generator = gated(lively_module, **config)
         out = generator.generate(PROMPTS[:1])[0]
         assert out.intervention_step == 0 and out.intervened
         assert out.token_ids[: len(generator.guide_ids)] == generator.guide_ids
-        assert out.text.startswith(config.guide)
+        assert out.text.startswith(lively_module.safety.guide)
         assert out.verdict_probs[0] > 0.99 and len(out.token_ids) == 20  # it keeps generating after the guide
 
-        high = SafetyGatedGenerator(lively_module, GatingConfig(level="high", max_new_tokens=20)).generate(PROMPTS[:1])
-        assert high[0].text == GatingConfig().refusal and high[0].finish_reason == "refusal"
+        high = gated(lively_module, level="high", max_new_tokens=20).generate(PROMPTS[:1])
+        assert high[0].text == GatePolicy().refusal and high[0].finish_reason == "refusal"
         assert high[0].intervention_step == 0
 
-        low = SafetyGatedGenerator(lively_module, GatingConfig(level="low", max_new_tokens=20)).generate(PROMPTS[:1])
+        low = gated(lively_module, level="low", max_new_tokens=20).generate(PROMPTS[:1])
         assert not low[0].intervened and low[0].token_ids[:3] != generator.guide_ids[:3]
 
 
@@ -285,19 +295,19 @@ def _verdicts_by_step(module, monkeypatch, malicious_steps: set[int]):
 def test_turning_malicious_inserts_after_tau_consecutive_verdicts(lively_module, monkeypatch, tau):
     k, steps = 5, 24
     _verdicts_by_step(lively_module, monkeypatch, set(range(k, steps)))
-    generator = SafetyGatedGenerator(lively_module, GatingConfig(level="medium", schedule="each", tau=tau,
-                                                                 max_new_tokens=steps))
+    generator = gated(lively_module, level="medium", schedule="each", tau=tau,
+                                                                 max_new_tokens=steps)
     out = generator.generate(PROMPTS[:1])[0]
     assert out.intervention_step == k + tau - 1
     guide = generator.guide_ids
     assert out.token_ids[k + tau - 1 : k + tau - 1 + len(guide)] == guide
     monkeypatch.undo()
-    plain = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=steps))
+    plain = gated(lively_module, level="low", schedule="first", max_new_tokens=steps)
     assert out.token_ids[: k + tau - 1] == plain.generate(PROMPTS[:1])[0].token_ids[: k + tau - 1]
 
     _verdicts_by_step(lively_module, monkeypatch, set(range(k, steps)))
-    high = SafetyGatedGenerator(lively_module, GatingConfig(level="high", schedule="each", tau=tau,
-                                                            max_new_tokens=steps)).generate(PROMPTS[:1])[0]
+    high = gated(lively_module, level="high", schedule="each", tau=tau,
+                                                            max_new_tokens=steps).generate(PROMPTS[:1])[0]
     assert high.intervention_step == k + tau - 1 and high.finish_reason == "refusal"
     assert high.verdict_steps == list(range(k + tau))  # the row stops at the intervention
 
@@ -317,10 +327,10 @@ def test_sparse_schedule_follows_up_a_malicious_verdict_every_step(lively_module
             return logits
         return classify
 
-    config = GatingConfig(level="medium", schedule="periodic", period=4, tau=3, max_new_tokens=24,
+    config = dict(level="medium", schedule="periodic", period=4, tau=3, max_new_tokens=24,
                           follow_up=follow_up)
     monkeypatch.setattr(lively_module, "classify", classify_from(3, 10**6))
-    row0, row1 = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])
+    row0, row1 = gated(lively_module, **config).generate(PROMPTS[:2])
     if follow_up:  # confirmed at steps 13 and 14 instead of 16 and 20; `medium` then goes on
         assert row0.verdict_steps == [0, 4, 8, 12, 13, 14, 16, 20] and row0.intervention_step == 14
     else:
@@ -329,7 +339,7 @@ def test_sparse_schedule_follows_up_a_malicious_verdict_every_step(lively_module
     assert row1.verdict_steps == [0, 4, 8, 12, 16, 20] and not row1.intervened
 
     monkeypatch.setattr(lively_module, "classify", classify_from(3, 3))
-    alarm, _ = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])
+    alarm, _ = gated(lively_module, **config).generate(PROMPTS[:2])
     assert not alarm.intervened
     assert alarm.verdict_steps == ([0, 4, 8, 12, 13, 16, 20] if follow_up else [0, 4, 8, 12, 16, 20])
 
@@ -338,10 +348,10 @@ def test_single_step_false_alarms_return_to_r2_without_insertion(lively_module, 
     # isolated alarms (and two in a row, one short of tau) never add up: each benign verdict resets
     alarms = {4, 9, 10, 15}
     _verdicts_by_step(lively_module, monkeypatch, alarms)
-    config = GatingConfig(level="medium", schedule="each", tau=3, max_new_tokens=20)
-    out = SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:1])[0]
+    config = dict(level="medium", schedule="each", tau=3, max_new_tokens=20)
+    out = gated(lively_module, **config).generate(PROMPTS[:1])[0]
     monkeypatch.undo()
-    plain = SafetyGatedGenerator(lively_module, GatingConfig(level="low", schedule="first", max_new_tokens=20))
+    plain = gated(lively_module, level="low", schedule="first", max_new_tokens=20)
     assert not out.intervened
     assert out.token_ids == plain.generate(PROMPTS[:1])[0].token_ids
     assert [s for s, p in zip(out.verdict_steps, out.verdict_probs) if p > 0.5] == sorted(alarms)
@@ -350,7 +360,7 @@ def test_single_step_false_alarms_return_to_r2_without_insertion(lively_module, 
 def test_prefill_is_forced_and_the_guide_follows_it(lively_module):
     prefill = "Sure, here is"
     with head_state(lively_module, bias=10.0):
-        generator = SafetyGatedGenerator(lively_module, GatingConfig(level="medium", max_new_tokens=20))
+        generator = gated(lively_module, level="medium", max_new_tokens=20)
         out = generator.generate(PROMPTS[:1], prefills=[prefill])[0]
     prefill_ids = lively_module.tokenizer(prefill, add_special_tokens=False)["input_ids"]
     assert out.token_ids[: len(prefill_ids) + len(generator.guide_ids)] == prefill_ids + generator.guide_ids
@@ -361,7 +371,7 @@ def test_prefill_is_forced_and_the_guide_follows_it(lively_module):
 def _separating_head(module, malicious_prompt: str, benign_prompt: str):
     """Random head weights with the bias set halfway between two prompts' [CLS] logits."""
     with head_state(module, weight_std=0.3, seed=1):
-        probe = SafetyGatedGenerator(module, GatingConfig(level="low", schedule="first", max_new_tokens=1))
+        probe = gated(module, level="low", schedule="first", max_new_tokens=1)
         p = [o.verdict_probs[0] for o in probe.generate([malicious_prompt, benign_prompt])]
         weight = module.head.weight.clone()
     logit = torch.logit(torch.tensor(p))
@@ -376,8 +386,8 @@ def test_mixed_batch_rows_equal_their_batch_one_outputs(lively_module):
         lively_module.head.weight.copy_(weight)
         lively_module.head.bias.fill_(bias)
     try:
-        config = GatingConfig(level="medium", schedule="periodic", period=2, tau=1, r2=4, max_new_tokens=24)
-        generator = SafetyGatedGenerator(lively_module, config)
+        config = dict(level="medium", schedule="periodic", period=2, tau=1, r2=4, max_new_tokens=24)
+        generator = gated(lively_module, **config)
         prefills = ["", "", "Sure, here is"]
         batched = generator.generate(PROMPTS, prefills=prefills)
         singles = [generator.generate([p], prefills=[f])[0] for p, f in zip(PROMPTS, prefills)]
@@ -394,9 +404,9 @@ def test_mixed_batch_rows_equal_their_batch_one_outputs(lively_module):
 
 def test_sampling_with_a_fixed_seed_is_reproducible(lively_module):
     def sample(seed):
-        config = GatingConfig(level="low", schedule="each", do_sample=True, temperature=0.9, top_p=0.95, top_k=100,
+        config = dict(level="low", schedule="each", do_sample=True, temperature=0.9, top_p=0.95, top_k=100,
                               seed=seed, max_new_tokens=16)
-        return [o.token_ids for o in SafetyGatedGenerator(lively_module, config).generate(PROMPTS[:2])]
+        return [o.token_ids for o in gated(lively_module, **config).generate(PROMPTS[:2])]
 
     assert sample(7) == sample(7)
     assert sample(7) != sample(8)
@@ -415,9 +425,9 @@ def test_sampling_filters_match_hf_logits_warpers(temperature, top_k, top_p):
     torch.testing.assert_close(ours[~torch.isinf(ours)], expected[~torch.isinf(expected)])
 
 
-def test_gating_config_round_trips_as_plain_dict():
-    config = GatingConfig(annealing=[[8, 1], [32, 4]], level="high")
+def test_gate_policy_round_trips_as_plain_dict():
+    config = GatePolicy(annealing=[[8, 1], [32, 4]], level="high")
     plain = config.to_dict()
-    assert plain["annealing"] == [[8, 1], [32, 4]] and GatingConfig(**plain) == config
+    assert plain["annealing"] == [[8, 1], [32, 4]] and GatePolicy(**plain) == config
     with pytest.raises(ValueError, match="level"):
-        GatingConfig(level="extreme")
+        GatePolicy(level="extreme")

@@ -12,7 +12,7 @@ from evaluation.judges import (
     classifier_comparison_rows, first_verdict_malicious, is_refusal, keyword_harmful, keyword_judge_agreement,
     mean_leak, parse_guard_verdict,
 )
-from evaluation.runner import Response
+from safety_signal.decoding import Answer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,11 +75,11 @@ def test_classifier_answer_probs_reads_only_answer_windows(tiny_module):
 
 
 def test_leak_counts_generated_tokens_before_the_intervention():
-    assert Response("", "", num_prefill_tokens=0, num_new_tokens=20, intervention_step=7).leaked_tokens == 7
+    assert Answer("", num_prefill_tokens=0, intervention_step=7).leaked_tokens == 7
     # prefill tokens are the attacker's: the gate fired 3 tokens after a 10-token prefill
-    assert Response("", "", num_prefill_tokens=10, num_new_tokens=20, intervention_step=13).leaked_tokens == 3
-    assert Response("", "", num_prefill_tokens=10, num_new_tokens=20, intervention_step=0).leaked_tokens == 0
-    assert Response("", "", num_prefill_tokens=0, num_new_tokens=20).leaked_tokens is None
+    assert Answer("", num_prefill_tokens=10, intervention_step=13).leaked_tokens == 3
+    assert Answer("", num_prefill_tokens=10, intervention_step=0).leaked_tokens == 0
+    assert Answer("", num_prefill_tokens=0).leaked_tokens is None
     assert mean_leak([7, None, 3]) == 5
     assert mean_leak([None]) is None
 

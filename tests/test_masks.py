@@ -2,8 +2,8 @@
 
 import torch
 
-from datamodules.encoding import encode_prompt
-from lightning_modules.masks import Role, build_position_ids, build_pretrain_mask, build_sft_mask
+from safety_signal.layout import encode_prompt
+from safety_signal.masks import Role, build_position_ids, build_pretrain_mask, build_sft_mask
 
 P, C, T, Q, R, PAD = Role.PROBE, Role.CLS, Role.TEMPLATE, Role.QUERY, Role.RESPONSE, Role.PAD
 

@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
-from datamodules.encoding import ProbeConfig, collate_examples, encode_example
-from lightning_modules.masks import Role
+from safety_signal.config import SafetyConfig
+from safety_signal.layout import ProbeConfig, collate_examples, encode_example
+from safety_signal.masks import Role
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import tiny_overrides
 
@@ -20,8 +21,8 @@ EXAMPLES = [
 
 def make_batch(module: SafetySignalLM, phase: str = "sft") -> dict:
     encoded = [
-        encode_example(module.tokenizer, p, r, y, ProbeConfig(r1=4, r2=4, stride=2), prefill=f, prefill_harmful=bool(f),
-                       chat_template=phase == "sft")
+        encode_example(module.tokenizer, p, r, y, SafetyConfig(phase=phase, r1=4, r2=4), ProbeConfig(stride=2),
+                       prefill=f, prefill_harmful=bool(f))
         for p, r, y, f in EXAMPLES
     ]
     return collate_examples(encoded, module.tokenizer.pad_token_id, module.cls_id, phase=phase)
@@ -37,7 +38,7 @@ def real_rows(batch: dict):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_lm_path_is_invariant_when_nothing_attends_classifier_tokens(attn):
     torch.manual_seed(0)
-    module = SafetySignalLM(phase="pretrain", attn_implementation=attn, config_overrides=tiny_overrides())
+    module = SafetySignalLM(safety=SafetyConfig(phase="pretrain"), attn_implementation=attn, config_overrides=tiny_overrides())
     module.configure_model()
     module.eval()
     batch = make_batch(module, phase="pretrain")
@@ -53,8 +54,8 @@ def test_lm_path_is_invariant_when_nothing_attends_classifier_tokens(attn):
 
 def test_lm_path_is_invariant_on_smollm2(smollm2_module):
     batch = make_batch(smollm2_module, phase="pretrain")
-    hp_phase = smollm2_module.hparams.phase
-    smollm2_module.hparams.phase = "pretrain"  # reuse the loaded model in the pretrain phase
+    sft = smollm2_module.safety
+    smollm2_module.safety = SafetyConfig(phase="pretrain")  # reuse the loaded model in the pretrain phase
     try:
         with torch.no_grad():
             lm_logits, _ = smollm2_module(batch)
@@ -63,12 +64,12 @@ def test_lm_path_is_invariant_on_smollm2(smollm2_module):
                 ours = lm_logits[row, cols - batch["num_probe_slots"]]
                 torch.testing.assert_close(ours, plain, atol=1e-4, rtol=1e-5)
     finally:
-        smollm2_module.hparams.phase = hp_phase
+        smollm2_module.safety = sft
 
 
 def test_cls_weight_zero_gives_the_plain_hf_loss():
     torch.manual_seed(0)
-    module = SafetySignalLM(phase="pretrain", cls_weight=0.0, config_overrides=tiny_overrides())
+    module = SafetySignalLM(safety=SafetyConfig(phase="pretrain"), cls_weight=0.0, config_overrides=tiny_overrides())
     module.configure_model()
     batch = make_batch(module, phase="pretrain")
     ours = module.compute_losses(batch)["loss"]
@@ -89,7 +90,7 @@ def test_cls_weight_zero_gives_the_plain_hf_loss():
 
 def test_sft_loss_matches_hf_loss_function_with_our_mask(tiny_module):
     batch = make_batch(tiny_module)
-    from lightning_modules.masks import build_sft_mask
+    from safety_signal.masks import build_sft_mask
     module = tiny_module
     module.hparams.cls_weight = 0.0
     try:
@@ -124,7 +125,7 @@ def test_head_separates_two_synthetic_classes():
     def example(label: int):
         body = " ".join(rng.choice(words) for _ in range(6))
         prompt = f"{body} {'explosive' if label else 'sandwich'} {body}"
-        return encode_example(module.tokenizer, prompt, "ok", label, ProbeConfig(max_probes=1))
+        return encode_example(module.tokenizer, prompt, "ok", label, module.safety, ProbeConfig(max_probes=1))
 
     def batch(n: int):
         exs = [example(i % 2) for i in range(n)]

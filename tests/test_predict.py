@@ -14,7 +14,8 @@ import torch
 from callbacks.prediction_writer import GatedPredictionWriter, merge_predictions, write_jsonl_atomic
 from datamodules.prompts import read_prompts
 from datamodules.safety_mix import SafetyMixDataModule
-from lightning_modules.gated_generation import GatingConfig
+from safety_signal.decoding import DecodingConfig
+from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import ROOT, tiny_overrides
 
@@ -90,9 +91,9 @@ def test_trainer_predict_writes_ordered_jsonl(tmp_path):
     torch.manual_seed(0)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
-    generation = GatingConfig(schedule="periodic", period=2, max_new_tokens=6)
-    module = SafetySignalLM(config_overrides=tiny_overrides(), generation=generation)
-    assert module.hparams.generation == generation.to_dict()  # plain types: weights_only checkpoints
+    gate, decoding = GatePolicy(schedule="periodic", period=2), DecodingConfig(max_new_tokens=6)
+    module = SafetySignalLM(config_overrides=tiny_overrides(), gate=gate, decoding=decoding)
+    assert module.hparams.gate == gate.to_dict()  # plain types: weights_only checkpoints
     data = SafetyMixDataModule(predict_path=str(prompts), batch_size=2)
     out = tmp_path / "out" / "pred.jsonl"
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -102,18 +103,18 @@ def test_trainer_predict_writes_ordered_jsonl(tmp_path):
     assert [r["prompt"] for r in records] == PROMPTS
     assert [r["index"] for r in records] == list(range(len(PROMPTS)))
     for r in records:
-        assert r["verdict_steps"] == [0, 2, 4][: len(r["verdict_probs"])] and r["num_tokens"] <= 6
-        assert set(r) >= {"response", "verdict_probs", "intervened", "intervention_step", "num_probe_evaluations"}
+        assert r["verdict_steps"] == [0, 2, 4][: len(r["verdict_probs"])] and r["num_new_tokens"] <= 6
+        assert set(r) >= {"text", "verdict_probs", "intervened", "intervention_step", "num_probe_evaluations"}
 
 
 def test_checkpoint_hparams_load_with_weights_only(tmp_path):
-    module = SafetySignalLM(config_overrides=tiny_overrides(), generation=GatingConfig(annealing=[(8, 1)]))
+    module = SafetySignalLM(config_overrides=tiny_overrides(), gate=GatePolicy(annealing=[(8, 1)]))
     path = tmp_path / "hp.pt"
     torch.save({"hyper_parameters": dict(module.hparams)}, path)
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]
     restored = SafetySignalLM(**hparams)
     restored.configure_model()
-    assert restored.generator.config == GatingConfig(annealing=[(8, 1)])
+    assert restored.generator.gate == GatePolicy(annealing=[(8, 1)])
 
 
 def test_main_predict_under_two_process_ddp_matches_one_process(tmp_path):
@@ -128,8 +129,8 @@ def test_main_predict_under_two_process_ddp_matches_one_process(tmp_path):
             "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
             "--trainer.enable_progress_bar", "false", "--data.predict_path", str(prompts), "--data.batch_size", "2",
             "--trainer.callbacks+=callbacks.prediction_writer.GatedPredictionWriter",
-            f"--trainer.callbacks.output_path={out}", "--model.generation.max_new_tokens", "6",
-            "--model.generation.schedule", "each",
+            f"--trainer.callbacks.output_path={out}", "--model.decoding.max_new_tokens", "6",
+            "--model.gate.schedule", "each",
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -140,7 +141,7 @@ def test_main_predict_under_two_process_ddp_matches_one_process(tmp_path):
     assert [r["index"] for r in ddp] == list(range(len(PROMPTS)))
     assert [r["prompt"] for r in ddp] == PROMPTS
     for a, b in zip(single, ddp):
-        assert a["response"] == b["response"] and a["verdict_steps"] == b["verdict_steps"]
+        assert a["text"] == b["text"] and a["verdict_steps"] == b["verdict_steps"]
 
 
 def test_generation_monitor_logs_intervention_rates(monkeypatch):
@@ -155,6 +156,6 @@ def test_generation_monitor_logs_intervention_rates(monkeypatch):
         module.head.bias.fill_(10.0)  # everything reads as malicious: all intervene
     logged = {}
     monkeypatch.setattr(module, "log_dict", lambda values, **kwargs: logged.update(values))
-    monitor = GatedGenerationMonitor(generation=GatingConfig(max_new_tokens=4))
+    monitor = GatedGenerationMonitor(decoding=DecodingConfig(max_new_tokens=4))
     monitor.on_validation_epoch_end(SimpleNamespace(sanity_checking=False, current_epoch=0), module)
     assert logged == {"val/gen_harmful_intervened": 1.0, "val/gen_benign_intervened": 1.0}

@@ -55,7 +55,7 @@ def test_preset_is_the_paper_recipe(name):
     trainer, data = config["trainer"], config["data"]
     effective_batch = trainer["devices"] * trainer.get("num_nodes", 1) * data["batch_size"] * trainer["accumulate_grad_batches"]
     assert effective_batch == 72
-    assert trainer["max_epochs"] == 1 and trainer["precision"] == "bf16-mixed" and config["model"]["phase"] == "sft"
+    assert trainer["max_epochs"] == 1 and trainer["precision"] == "bf16-mixed" and config["model"]["safety"]["phase"] == "sft"
 
 
 @pytest.mark.parametrize("name, layer", [("llama2-7b-fsdp", LlamaDecoderLayer), ("mistral-7b-instruct-fsdp", MistralDecoderLayer)])

@@ -9,7 +9,8 @@ import torch
 
 from evaluation.report import ABLATIONS, BASE, METHOD, SFT, ReportConfig, main, run_report, to_markdown, write_report
 from evaluation.suite import SuiteConfig
-from lightning_modules.gated_generation import GatingConfig
+from safety_signal.config import SafetyConfig
+from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import ROOT, tiny_overrides
 
@@ -23,7 +24,7 @@ def tiny_config(tmp_path) -> ReportConfig:
     config = ReportConfig.from_yaml(ROOT / "conf" / "report.yaml")
     config.suite.num_harmful, config.suite.num_benign = 2, 1
     config.suite.harmful_answers = str(tmp_path / "answers.json")
-    config.method.max_new_tokens = 3
+    config.decoding.max_new_tokens = 3
     config.batch_size = 4
     config.harmful_answer_tokens = 44
     config.perplexity_answers, config.mmlu_questions = 2, 2
@@ -92,9 +93,9 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
 
 
 def test_config_round_trips_through_yaml_types():
-    config = ReportConfig(suite={"num_harmful": 3, "attacks": [{"kind": "direct"}]}, method={"level": "high"})
+    config = ReportConfig(suite={"num_harmful": 3, "attacks": [{"kind": "direct"}]}, gate={"level": "high"})
     assert isinstance(config.suite, SuiteConfig) and config.suite.attacks[0].kind == "direct"
-    assert isinstance(config.method, GatingConfig) and config.method.level == "high"
+    assert isinstance(config.gate, GatePolicy) and config.gate.level == "high"
     assert ReportConfig(**config.to_dict()).to_dict() == config.to_dict()
 
 
@@ -103,7 +104,7 @@ def test_sft_baseline_module_never_attends_cls():
     from evaluation.metrics import response_perplexity
 
     torch.manual_seed(0)
-    baseline = SafetySignalLM(config_overrides={**tiny_overrides(), "initializer_range": 0.2}, use_cls=False,
+    baseline = SafetySignalLM(config_overrides={**tiny_overrides(), "initializer_range": 0.2}, safety=SafetyConfig(use_cls=False),
                               cls_weight=0.0)
     baseline.configure_model()
     baseline.eval()
@@ -112,10 +113,10 @@ def test_sft_baseline_module_never_attends_cls():
     plain = response_perplexity(baseline, pairs, use_cls=False)
     assert with_layout["tokens"] == plain["tokens"]
     assert with_layout["nll"] == pytest.approx(plain["nll"], abs=1e-4)
-    baseline.hparams.use_cls = True  # the method's layout: responses read [CLS], so the LM changes
+    baseline.safety = SafetyConfig(use_cls=True)  # the method's layout: responses read [CLS], so the LM changes
     assert response_perplexity(baseline, pairs, use_cls=True)["nll"] != pytest.approx(plain["nll"], abs=1e-4)
     yaml_config = __import__("yaml").safe_load((ROOT / "conf" / "sft_baseline.yaml").read_text())
-    assert yaml_config["model"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
+    assert yaml_config["model"]["safety"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
 
 
 def test_sft_baseline_config_trains_on_the_demo_data_and_recipe():
@@ -124,7 +125,8 @@ def test_sft_baseline_config_trains_on_the_demo_data_and_recipe():
 
     demo, baseline = (yaml.safe_load((ROOT / "conf" / f"{n}.yaml").read_text()) for n in ("demo", "sft_baseline"))
     assert baseline["data"] == demo["data"]
-    shared = ("model_name", "phase", "lr", "head_lr", "warmup_steps")
+    assert baseline["model"]["safety"]["phase"] == demo["model"]["safety"]["phase"]
+    shared = ("model_name", "lr", "head_lr", "warmup_steps")
     assert {k: baseline["model"].get(k) for k in shared} == {k: demo["model"].get(k) for k in shared}
     assert {k: v for k, v in baseline["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")} == {
         k: v for k, v in demo["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")}

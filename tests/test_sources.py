@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from datamodules import sources
-from datamodules.refusals import REASONS, REFUSAL_GUIDE, affirmative_opening, write_refusal
+from datamodules.refusals import REASONS, affirmative_opening, write_refusal
+from safety_signal.refusal import DEFAULT_GUIDE as REFUSAL_GUIDE
 from datamodules.sources import (
     BUILTIN_SOURCES,
     REFUSAL_PHRASES,
