@@ -536,6 +536,7 @@ class BatchDecoder:
             "leaked_tokens": (row.dropped_from if streamed_hold_back else intervention) if intervened else None,
             "withheld_tokens": (intervention - row.dropped_from) if intervened and streamed_hold_back else 0,
             "seed": job["seed"],
+            "batch_size": len(run.generator.jobs),  # requests decoded together with this one
         }
         prompt_tokens = len(job["input_ids"])
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
