@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from safety_signal.io import gather_indexed, write_jsonl_atomic
 
 
 class GatedPredictionWriter(BasePredictionWriter):
@@ -37,50 +35,12 @@ class GatedPredictionWriter(BasePredictionWriter):
         self._records.extend(prediction)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        per_rank = [self._records]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            per_rank = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, self._records)
         # Every rank merges (and so fails alike on a gap) instead of waiting at the barrier for rank 0.
-        records = merge_predictions(per_rank, expected=_dataset_size(trainer))
+        records = gather_indexed(self._records, expected=_dataset_size(trainer), allow_duplicates=True)
         if trainer.is_global_zero:
-            write_jsonl_atomic(self.output_path, records)
+            write_jsonl_atomic(self.output_path, records.values())
         trainer.strategy.barrier()
         self._records = []
-
-
-def merge_predictions(
-    per_rank: list[list[tuple[int, dict[str, Any]]]], expected: int | None = None
-) -> list[dict[str, Any]]:
-    """Records of all ranks in index order; duplicate indices are kept once; gaps are an error."""
-    by_index: dict[int, dict[str, Any]] = {}
-    for records in per_rank:
-        for index, record in records:
-            by_index.setdefault(int(index), record)
-    indices = sorted(by_index)
-    if expected is not None:
-        missing = sorted(set(range(expected)) - set(indices))
-        if missing or len(indices) != expected:
-            raise RuntimeError(
-                f"predictions for {len(indices)} of {expected} prompts; missing indices {missing[:10]}"
-                f"{' ...' if len(missing) > 10 else ''}"
-            )
-    return [by_index[i] for i in indices]
-
-
-def write_jsonl_atomic(path: str | Path, records: list[dict[str, Any]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _dataset_size(trainer: L.Trainer) -> int | None:

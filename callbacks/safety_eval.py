@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
-from evaluation.attacks import AttackCase, write_text_atomic
+from evaluation.attacks import AttackCase
 from evaluation.runner import GatedResponder, grouped, prefill_budgets
 from evaluation.suite import BENIGN_PREFIX, SafetySuite, SuiteConfig, response_record
 from safety_signal.decoding import Answer, DecodingConfig
 from safety_signal.gate import GatePolicy
+from safety_signal.io import gather_indexed, write_text_atomic
 
 
 def shard_cases(cases: list[AttackCase], rank: int, world_size: int) -> list[tuple[int, bool]]:
@@ -32,20 +32,6 @@ def shard_cases(cases: list[AttackCase], rank: int, world_size: int) -> list[tup
         per_rank = math.ceil(len(indices) / world_size)
         items += [(i, False) for i in share] + [(indices[-1], True)] * (per_rank - len(share))
     return items
-
-
-def merge_shards(per_rank: list[list[tuple[int, dict[str, Any]]]], expected: int) -> dict[int, dict[str, Any]]:
-    """Records of all ranks by case index; a case answered twice or not at all is an error."""
-    merged: dict[int, dict[str, Any]] = {}
-    for records in per_rank:
-        for index, record in records:
-            if index in merged:
-                raise RuntimeError(f"case {index} was answered by two ranks")
-            merged[index] = record
-    missing = sorted(set(range(expected)) - merged.keys())
-    if missing:
-        raise RuntimeError(f"{len(missing)} of {expected} cases have no answer, e.g. {missing[:10]}")
-    return merged
 
 
 class SafetyEvalCallback(L.Callback):
@@ -143,11 +129,7 @@ class SafetyEvalCallback(L.Callback):
         responses = responder.respond([cases[i] for i, _ in items], budgets)
         mine = [(i, {**response_record(cases[i], r), "rank": rank})
                 for (i, padding), r in zip(items, responses) if not padding]
-        per_rank = [mine]
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
-            per_rank = [None] * world_size  # type: ignore[list-item]
-            dist.all_gather_object(per_rank, mine)
-        merged = merge_shards(per_rank, len(cases))
+        merged = gather_indexed(mine, expected=len(cases))
         answered = {i: Answer.from_record(record) for i, record in merged.items()}
         return suite.metrics(answered), [merged[i] for i in sorted(merged)]
 
@@ -213,4 +195,4 @@ class SafetyEvalCallback(L.Callback):
 
 
 
-__all__ = ["SafetyEvalCallback", "SuiteConfig", "merge_shards", "shard_cases"]
+__all__ = ["SafetyEvalCallback", "SuiteConfig", "shard_cases"]

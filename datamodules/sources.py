@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
+from safety_signal.io import write_json_atomic
 from safety_signal.refusal import REFUSAL_PHRASES, is_refusal
 from safety_signal.model import cache_dir
 
@@ -399,18 +400,6 @@ def _sharegpt_filter(path: Path) -> list[list[str]]:
     return pairs
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @lru_cache(maxsize=2)
 def _sharegpt_pairs(path: Path, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
     # Decoding + filtering the 125 MB file takes seconds; the result is cached on disk,
@@ -422,7 +411,7 @@ def _sharegpt_pairs(path: Path, size: int, mtime_ns: int) -> tuple[tuple[str, st
         pass  # missing or unreadable cache: rebuild
     pairs = _sharegpt_filter(path)
     try:
-        _write_json_atomic(cached, pairs)
+        write_json_atomic(cached, pairs)
     except OSError as err:
         warnings.warn(f"could not write the ShareGPT cache {cached}: {err}", stacklevel=2)
     return tuple((p, r) for p, r in pairs)

@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
@@ -36,6 +34,7 @@ import yaml
 
 from datamodules.refusals import affirmative_opening
 from datamodules.sources import DataSource, load_source, package_file
+from safety_signal.io import write_text_atomic
 from safety_signal.model import cache_dir
 
 if TYPE_CHECKING:
@@ -414,21 +413,6 @@ def make_harmful_answers(
         }
         write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
     return {p.prompt: answers[p.prompt] for p in prompts}
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file next to `path`, then `os.replace` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

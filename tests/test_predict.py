@@ -11,7 +11,8 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.prediction_writer import GatedPredictionWriter, merge_predictions, write_jsonl_atomic
+from callbacks.prediction_writer import GatedPredictionWriter
+from safety_signal.io import merge_indexed, write_jsonl_atomic
 from datamodules.prompts import read_prompts
 from datamodules.safety_mix import SafetyMixDataModule
 from safety_signal.decoding import DecodingConfig
@@ -69,9 +70,9 @@ def test_merge_sorts_and_drops_distributed_sampler_duplicates():
     # DistributedSampler pads 5 items to 6 over 2 ranks by repeating index 0
     rank0 = [(0, {"i": 0}), (2, {"i": 2}), (4, {"i": 4})]
     rank1 = [(1, {"i": 1}), (3, {"i": 3}), (0, {"i": 0})]
-    assert [r["i"] for r in merge_predictions([rank0, rank1], expected=5)] == [0, 1, 2, 3, 4]
-    with pytest.raises(RuntimeError, match=r"4 of 5 prompts; missing indices \[3\]"):
-        merge_predictions([rank0, rank1[:1]], expected=5)
+    assert [r["i"] for r in merge_indexed([rank0, rank1], expected=5, allow_duplicates=True).values()] == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match=r"4 of 5 records gathered; missing indices \[3\]"):
+        merge_indexed([rank0, rank1[:1]], expected=5, allow_duplicates=True)
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from callbacks.safety_eval import SafetyEvalCallback, merge_shards, shard_cases
+from callbacks.safety_eval import SafetyEvalCallback, shard_cases
+from safety_signal.io import merge_indexed
 from evaluation.attacks import AttackCase
 from evaluation.runner import GatedResponder, _cut_at_eos
 from evaluation.suite import SuiteConfig
@@ -41,11 +42,11 @@ def test_shards_cover_every_case_once_with_equal_batches(world_size):
 
 
 def test_merge_rejects_duplicates_and_gaps():
-    assert list(merge_shards([[(0, {"a": 0}), (2, {"a": 2})], [(1, {"a": 1})]], 3)) == [0, 2, 1]
+    assert list(merge_indexed([[(0, {"a": 0}), (2, {"a": 2})], [(1, {"a": 1})]], 3)) == [0, 1, 2]
     with pytest.raises(RuntimeError, match="answered by two ranks"):
-        merge_shards([[(0, {})], [(0, {})]], 1)
-    with pytest.raises(RuntimeError, match="1 of 3 cases have no answer"):
-        merge_shards([[(0, {}), (2, {})]], 3)
+        merge_indexed([[(0, {})], [(0, {})]], 1)
+    with pytest.raises(RuntimeError, match=r"2 of 3 records gathered; missing indices \[1\]"):
+        merge_indexed([[(0, {}), (2, {})]], 3)
 
 
 def test_cut_at_eos_gives_the_early_stopping_answer():
