@@ -645,6 +645,8 @@ class SafetyGatedAPI(ls.LitAPI):
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         self.module = load_module(self.options.model)
+        if str(device).startswith(("cuda", "mps")):
+            self.module.to(device)
         self.decoder = BatchDecoder(self.module)
 
     def decode_request(self, request, **kwargs):
@@ -654,19 +656,17 @@ class SafetyGatedAPI(ls.LitAPI):
         return list(inputs)
 
     def predict(self, x, **kwargs):
-        if self.max_batch_size > 1:
-            yield from self.decoder.run(list(x))
-        else:
-            for events in self.decoder.run([x]):
-                yield events[0]
+        jobs = list(x) if self.max_batch_size > 1 else [x]
+        for events in self.decoder.run(jobs):
+            # A step where no request has news (held tokens, non-streamed answers) sends nothing.
+            if any(event["content"] or "finish_reason" in event for event in events):
+                yield events if self.max_batch_size > 1 else events[0]
 
     def unbatch(self, output):
         yield from output
 
     def encode_response(self, output, **kwargs):
         yield from output
-
-
 
 
 def _server_error(data: Any) -> dict[str, Any]:
