@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from main import cli_main
+from cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

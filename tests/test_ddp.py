@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from main import cli_main
+from cli import cli_main
 from tests.helpers import ROOT, run_main, write_sources
 
 # Both runs train on the same samples in the same order (the sampler shards each global batch

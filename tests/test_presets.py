@@ -22,7 +22,7 @@ from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
 from lightning_modules.adapters import ADAPTER_DIR
 from lightning_modules.safety_signal_lm import HEAD_FILE, SafetySignalLM
-from main import cli_main
+from cli import cli_main
 from tests.helpers import ROOT, checkpoint_weights, run_main, tiny_config_overrides_arg, write_sources
 
 PRESETS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from datamodules.sampling import ResumableSampler
-from main import cli_main, newest_checkpoint
+from cli import cli_main, newest_checkpoint
 from tests.helpers import (
     ROOT, assert_same_weights, checkpoint_weights, run_main, write_sources,
 )

@@ -18,7 +18,7 @@ from evaluation.suite import SuiteConfig
 from safety_signal.decoding import Answer, DecodingConfig
 from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
-from main import cli_main
+from cli import cli_main
 from tests.conftest import tiny_overrides
 from tests.helpers import ROOT, run_main, write_sources
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from main import cli_main
+from cli import cli_main
 from tests.helpers import ROOT, assert_same_weights, checkpoint_weights, subprocess_env, write_sources
 
 TEMPLATE = ROOT / "scripts" / "slurm" / "train.sbatch"
