@@ -1,6 +1,7 @@
 """SafetySignalLM against the unmodified Hugging Face model."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -170,3 +171,25 @@ def test_export_round_trip(tmp_path):
     by_name = SafetySignalLM(model_name=str(out))
     by_name.configure_model()
     torch.testing.assert_close(by_name.head.weight, tiny_module.head.weight)
+
+
+def test_export_carries_the_shared_settings_into_decoding(tmp_path):
+    """safety_config.json: an export decodes with the phase, windows, guide and threshold it was trained with."""
+    from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator
+
+    trained = SafetyConfig(phase="sft", use_cls=False, guide="I must decline, since", r1=6, r2=5, r3=4, threshold=0.8)
+    module = SafetySignalLM(config_overrides=tiny_overrides(), safety=trained)
+    module.configure_model()
+    out = module.export_pretrained(tmp_path / "export")
+    for loaded in (SafetySignalLM.from_exported(out), SafetySignalLM(model_name=str(out))):
+        assert loaded.safety == replace(trained, eos_token_ids=[module.tokenizer.eos_token_id])
+    loaded.configure_model()
+    with torch.no_grad():
+        loaded.head.bias.fill_(1.0)  # p = 0.73: malicious under 0.5, benign under the exported 0.8
+    generator = SafetyGatedGenerator(loaded.eval(), decoding=DecodingConfig(max_new_tokens=8))
+    assert generator.phase == "pretrain"  # use_cls false: nothing attends [CLS], as in training
+    assert not generator.generate(["hi"])[0].intervened
+    with torch.no_grad():
+        loaded.head.bias.fill_(3.0)  # p = 0.95
+    answer = generator.generate(["hi"])[0]
+    assert answer.intervention_step == 0 and answer.text.startswith("I must decline, since")
