@@ -295,3 +295,35 @@ def test_hold_back_keeps_a_confirmed_verdicts_tokens_from_the_client(one_torch_t
     assert held["trace"]["leaked_tokens"] == 3 and held["trace"]["withheld_tokens"] == 5
     assert held["text"] == decode(ids[:3] + ids[8:])
     assert held["first"] == 3 and plain["first"] == 0  # time to first token: tau steps later
+
+
+# ---------------------------------------------------------------------- loading and prompts
+def test_a_lightning_checkpoint_loads_and_decodes_like_its_module(tmp_path, one_torch_thread):
+    import lightning
+
+    module = _lively_module()
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    from serve import describe_model, load_module
+
+    tokenizer, safety, context = describe_model(str(path))
+    loaded = load_module(str(path))
+    assert safety == module.safety and context == module.model.config.max_position_embeddings
+    parser = RequestParser(ServeOptions(model=str(path), model_id="ckpt", gate=SERVER_GATE.to_dict()),
+                           tokenizer, safety, context)
+    job = parser.parse({"messages": [{"role": "user", "content": BENIGN}], "max_tokens": 8})
+    assert BatchDecoder(loaded).answers([job])[0]["content"] == _expected(module, BENIGN, 8).text
+
+
+def test_a_conversation_marks_the_user_turns_as_the_query():
+    from safety_signal.masks import Role
+    from serve import encode_messages
+
+    module = SafetySignalLM(config_overrides=tiny_overrides())  # the tokenizer is all this needs
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "How do I bake bread?"}]
+    encoded = encode_messages(module.tokenizer, messages, chat_template=True)
+    query = [t for t, r in zip(encoded.input_ids, encoded.roles) if r == int(Role.QUERY)]
+    assert module.tokenizer.decode(query).replace(" ", "") == "hithereHowdoIbakebread?".replace(" ", "")
+    assert encoded.roles[0] == int(Role.CLS) and "Be brief." in module.tokenizer.decode(encoded.input_ids)
