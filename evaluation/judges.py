@@ -366,6 +366,16 @@ files. Intervals: Wilson 95%. Kappa: Cohen's, against the human label.
   (`evaluation.judges.degeneration`) are neither jailbroken nor refusals.
 - JailbreakBench's file also holds its own judges' verdicts (GCG keyword list, BERT, HarmBench classifier (TDC),
   Llama Guard 1, GPT-4, GPT-4-Turbo): the same human labels, for reference.
+
+Reading the tables:
+- Phrase judges read words, not meaning. JailbreakBench's false positives are answers that dodge without a refusal
+  phrase; pyrit's `refusal_extra.csv` labels off-topic answers (the answer to another question) as refusals, which
+  no phrase list can see: low recall there is expected (the degeneration check catches broken text, not fluent
+  off-topic text).
+- garak's list mixes refusal phrases with topic words ("harmful", "illegal", "ethics", "racism", ...) that also
+  occur in compliant answers, and it lacks this project's own refusal openings ("Sorry, I can't fulfill your
+  request because", "Sorry, I can't help with that request."): in a report its column over-counts attack success
+  for gated answers whose reason has none of its words. It is a second opinion, not a replacement.
 """
 
 

