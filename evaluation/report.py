@@ -1,7 +1,7 @@
 """The paper-style safety report: attack success per attack for the base model, an SFT baseline and this method.
 
     python -m evaluation.report --export runs/demo/export                    # conf/report.yaml settings
-    python -m evaluation.report --checkpoint runs/demo/checkpoints/last.ckpt --sft-baseline runs/sft_baseline/export
+    python -m evaluation.report --checkpoint runs/demo/checkpoints/last.ckpt --sft_baseline runs/sft_baseline/export
     python -m evaluation.report --export runs/demo/export --config conf/report_full.yaml   # every held-out prompt
 
 Writes `<out>/safety_report.md`, `<out>/safety_report.json` and `<out>/summary.json` (`build_summary`:
@@ -10,9 +10,9 @@ the numbers in a stable shape for tools), each atomically. Rows are attacks
 
 | column | model | decoding |
 |---|---|---|
-| base model | the un-fine-tuned model (`--base-model`) | HF `generate`, no `[CLS]` |
+| base model | the un-fine-tuned model (`--base_model`) | HF `generate`, no `[CLS]` |
 | SFT baseline | same data and recipe, no safety signal (`conf/sft_baseline.yaml`) | HF `generate`, no `[CLS]` |
-| this method | the trained model | safety-gated (`method` in the config: medium, annealing) |
+| this method | the trained model | safety-gated (`gate` in the config: medium, annealing) |
 | ablations | the trained model | the method with one part changed (see `ABLATIONS`) |
 
 Ablations run on `ablation_attacks` only (CPU budget). Attack success = the keyword judge on the
@@ -25,7 +25,6 @@ bootstrap interval, and the judges' agreement with human labels is measured in e
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -33,12 +32,12 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
+from jsonargparse import auto_cli, auto_parser
 
 from evaluation.attacks import default_answers_path, held_out_harmful, make_harmful_answers, write_text_atomic
 from evaluation.judges import (
@@ -74,7 +73,9 @@ AIM_MAX_ASR, AIM_MIN_BASE_ASR, AIM_MAX_OVER_REFUSAL = 0.05, 0.5, 0.10
 
 @dataclass
 class ReportConfig:
-    """What the report runs (conf/report.yaml). Sizes are small by default: SmolLM2 on 2 CPU cores."""
+    """What the report runs: the settings part of `report`'s command line and of conf/report.yaml
+    (`load_config` reads them through the command line's parser). Sizes are small by default:
+    SmolLM2 on 2 CPU cores."""
 
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     gate: GatePolicy = field(default_factory=GatePolicy)
@@ -87,18 +88,6 @@ class ReportConfig:
     perplexity_answers: int = 32
     mmlu_questions: int = 50
     classifier_judge: bool = True
-
-    def __post_init__(self) -> None:
-        if isinstance(self.suite, dict):
-            self.suite = SuiteConfig(**self.suite)
-        if isinstance(self.gate, dict):
-            self.gate = GatePolicy(**self.gate)
-        if isinstance(self.decoding, dict):
-            self.decoding = DecodingConfig(**self.decoding)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ReportConfig":
-        return cls(**(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -558,47 +547,72 @@ def _loader(export: str | None = None, checkpoint: str | None = None) -> ModelLo
     return load
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--export", help="the trained model: a folder written by ExportPretrained")
-    model.add_argument("--checkpoint", help="the trained model: a Lightning checkpoint")
-    parser.add_argument("--base-model", default=None,
-                        help="the un-fine-tuned model (default: the checkpoint's model_name, else smollm2-135m-instruct)")
-    parser.add_argument("--no-base", action="store_true", help="leave the base-model column out")
-    parser.add_argument("--sft-baseline", default=None, help="export folder or .ckpt of conf/sft_baseline.yaml")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "conf" / "report.yaml"))
-    parser.add_argument("--out", default=None, help="output folder (default: next to the model)")
-    parser.add_argument("--num-harmful", type=int, default=None)
-    parser.add_argument("--num-benign", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--no-ablations", action="store_true")
-    parser.add_argument("--guard-model", default=None, help="a Hugging Face guard model id or folder (Llama Guard 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "report.yaml"
+_DEFAULTS = ReportConfig()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = ReportConfig.from_yaml(args.config) if args.config and Path(args.config).exists() else ReportConfig()
-    if args.num_harmful is not None:
-        config.suite.num_harmful = args.num_harmful
-    if args.num_benign is not None:
-        config.suite.num_benign = args.num_benign
-    if args.max_new_tokens is not None:
-        config.decoding.max_new_tokens = args.max_new_tokens
-    if args.batch_size is not None:
-        config.batch_size = args.batch_size
-    if args.no_ablations:
-        config.ablations = {}
 
-    trained = args.export or args.checkpoint
-    base_name = args.base_model
-    if base_name is None and args.checkpoint:
-        base_name = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)[
+def report(
+    export: str | None = None,
+    checkpoint: str | None = None,
+    base_model: str | None = None,
+    no_base: bool = False,
+    sft_baseline: str | None = None,
+    out: str | None = None,
+    guard_model: str | None = None,
+    threads: int | None = None,
+    suite: SuiteConfig = _DEFAULTS.suite,
+    gate: GatePolicy = _DEFAULTS.gate,
+    decoding: DecodingConfig = _DEFAULTS.decoding,
+    ablations: dict[str, dict[str, Any]] = _DEFAULTS.ablations,
+    ablation_attacks: list[str] = _DEFAULTS.ablation_attacks,
+    batch_size: int = _DEFAULTS.batch_size,
+    harmful_answer_tokens: int = _DEFAULTS.harmful_answer_tokens,
+    perplexity_source: str = _DEFAULTS.perplexity_source,
+    perplexity_answers: int = _DEFAULTS.perplexity_answers,
+    mmlu_questions: int = _DEFAULTS.mmlu_questions,
+    classifier_judge: bool = _DEFAULTS.classifier_judge,
+) -> dict[str, Any]:
+    """The safety report: attack success per attack for the base model, an SFT baseline and this method.
+
+    Settings come from conf/report.yaml (always read first), then each `--config` file, then flags
+    (`--suite.num_harmful 64`, `--decoding.max_new_tokens 64`); `--print_config` prints them all.
+    Writes `safety_report.md`, `safety_report.json` and `summary.json` to `out`.
+
+    Args:
+        export: the trained model: a folder written by ExportPretrained (or give `checkpoint`).
+        checkpoint: the trained model: a Lightning checkpoint (read with weights_only).
+        base_model: the un-fine-tuned model (default: the checkpoint's model_name, else smollm2-135m-instruct).
+        no_base: leave the base-model column out.
+        sft_baseline: export folder or .ckpt of the SFT baseline (conf/demo.yaml + conf/sft_baseline.yaml).
+        out: output folder (default: `safety_report` next to the run: runs/<name>/safety_report).
+        guard_model: a Hugging Face guard model id or folder (Llama Guard 3) as an extra judge.
+        threads: torch CPU threads.
+        suite: held-out prompts and attacks (`SuiteConfig`).
+        gate: this method's gate (`GatePolicy`); windows, guide and threshold default to the model's.
+        decoding: `DecodingConfig` of every column (`max_new_tokens`: new tokens after any prefill).
+        ablations: name -> `GatePolicy` fields changed from `gate`; `{}` runs none.
+        ablation_attacks: the attacks the ablations run on (and the benign sets).
+        batch_size: prompts per decode batch.
+        harmful_answer_tokens: new tokens of the base model's harmful answers (prefill-N attacks).
+        perplexity_source: a built-in source whose reference answers give the perplexity row.
+        perplexity_answers: answers in the perplexity row.
+        mmlu_questions: MMLU sample size; 0 skips it (needs the optional `evals` wheel).
+        classifier_judge: judge every answer with the model's own classifier too.
+    """
+    if (export is None) == (checkpoint is None):
+        raise ValueError("give the trained model as exactly one of --export or --checkpoint")
+    settings = locals()
+    config = ReportConfig(**{f.name: settings[f.name] for f in fields(ReportConfig)})
+    if threads:
+        torch.set_num_threads(threads)
+
+    trained = export or checkpoint
+    base_name = base_model
+    if base_name is None and checkpoint:
+        base_name = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)[
             "hyper_parameters"]["model_name"]
     base_name = base_name or "smollm2-135m-instruct"
-    names = {BASE: "" if args.no_base else base_name, SFT: args.sft_baseline or "", METHOD: trained}
+    names = {BASE: "" if no_base else base_name, SFT: sft_baseline or "", METHOD: trained}
 
     def load_base() -> SafetySignalLM:
         module = SafetySignalLM(model_name=base_name)
@@ -606,16 +620,29 @@ def main(argv: list[str] | None = None) -> None:
         return module.eval()
 
     sft = None
-    if args.sft_baseline:
-        sft = _loader(None, args.sft_baseline) if args.sft_baseline.endswith(".ckpt") else _loader(args.sft_baseline)
-    guard = GuardModelJudge.load(args.guard_model) if args.guard_model else None
-    result = run_report(config, _loader(args.export, args.checkpoint), None if args.no_base else load_base, sft, names,
-                        guard)
+    if sft_baseline:
+        sft = _loader(None, sft_baseline) if sft_baseline.endswith(".ckpt") else _loader(sft_baseline)
+    guard = GuardModelJudge.load(guard_model) if guard_model else None
+    result = run_report(config, _loader(export, checkpoint), None if no_base else load_base, sft, names, guard)
     # runs/<name>/export or runs/<name>/checkpoints/last.ckpt -> runs/<name>/safety_report
-    out = Path(args.out) if args.out else Path(trained).resolve().parents[0 if args.export else 1] / "safety_report"
-    md, js = write_report(result, out)
+    folder = Path(out) if out else Path(trained).resolve().parents[0 if export else 1] / "safety_report"
+    md, js = write_report(result, folder)
     print(to_markdown(result))
     print(f"[report] {md} and {js} ({result['seconds']:.0f} s)")
+    return result
+
+
+def load_config(*configs: str | Path, args: list[str] | tuple[str, ...] = ()) -> ReportConfig:
+    """The settings `python -m evaluation.report` would run with: conf/report.yaml, then each of
+    `configs`, then the flags in `args` (`"--suite.num_harmful=4"`), through the same parser."""
+    parser = auto_parser(report, as_positional=False, default_config_files=[str(DEFAULT_CONFIG)])
+    parsed = parser.instantiate_classes(parser.parse_args([*(f"--config={c}" for c in configs), *args]))
+    return ReportConfig(**{f.name: parsed[f.name] for f in fields(ReportConfig)})
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m evaluation.report [--config FILE ...] [--flags]` (`--help` lists every option)."""
+    return auto_cli(report, args=argv, as_positional=False, default_config_files=[str(DEFAULT_CONFIG)])
 
 
 if __name__ == "__main__":

@@ -172,6 +172,25 @@ def test_harmful_answers_are_generated_once_and_cached(tiny_module, tmp_path, mo
     assert [p.answer for p in attached] == [answers[p.prompt] for p in prompts]
 
 
+
+def test_harmful_answers_command_line(tmp_path):
+    """`python -m evaluation.attacks answers`: typed flags (jsonargparse), the same cache file format."""
+    from lightning_modules.safety_signal_lm import SafetySignalLM
+    from tests.conftest import tiny_overrides
+
+    module = SafetySignalLM(config_overrides=tiny_overrides())
+    module.configure_model()
+    base = module.export_pretrained(tmp_path / "base")
+    path = tmp_path / "answers.json"
+    argv = ["answers", "--model", str(base), "--num_prompts", "2", "--max_new_tokens", "2", "--batch_size", "2",
+            "--out", str(path)]
+    assert attacks_module.main(argv) == path
+    cached = json.loads(path.read_text())
+    expected = held_out_harmful(["harmbench_test", "jailbreakbench"], 2)
+    assert list(cached["answers"]) == [p.prompt for p in expected] and cached["max_new_tokens"] == 2
+    with pytest.raises(SystemExit):
+        attacks_module.main(["answers", "--num-prompts", "2"])  # the old argparse spelling is an error
+
 def test_prefill_cases_reach_the_generators_as_response_openings(tiny_module):
     """Both responders force the prefill and report only what follows it as the continuation."""
     case = AffirmativePrefill().apply(PROMPTS[:1])[0]

