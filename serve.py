@@ -110,27 +110,27 @@ def load_module(source: str):
 
 
 def describe_model(source: str) -> tuple[Any, Any, int]:
-    """What request validation needs, without loading weights: (tokenizer, SafetyConfig, context length)."""
+    """What request validation needs, without weights or Lightning: (tokenizer, SafetyConfig, context length)."""
     from transformers import AutoConfig
 
-    from lightning_modules.safety_signal_lm import SafetySignalLM
-    from safety_signal.model import resolve_model_path
+    from safety_signal.config import SafetyConfig
+    from safety_signal.model import load_tokenizer, resolve_model_path
 
     path = Path(source)
     if path.is_dir():
-        module = SafetySignalLM(model_name=str(path))
+        tokenizer, safety = load_tokenizer(str(path)), SafetyConfig.load(path)
         config_dir, overrides = str(path), {}
     elif path.is_file():
-        hparams = dict(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"])
-        hparams.pop("_instantiator", None)
-        hparams.pop("_class_path", None)
-        module = SafetySignalLM(**hparams)
-        config_dir, overrides = resolve_model_path(module.hparams.model_name), module.hparams.config_overrides or {}
+        hparams = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        name = hparams.get("model_name", "smollm2-135m-instruct")
+        tokenizer = load_tokenizer(name, hparams.get("trust_remote_code", False))
+        safety = SafetyConfig.coerce(hparams.get("safety"))
+        config_dir, overrides = resolve_model_path(name), hparams.get("config_overrides") or {}
     else:
         raise FileNotFoundError(f"--model {source}: neither an export folder nor a checkpoint file")
     config = AutoConfig.from_pretrained(config_dir)
     context = int(overrides.get("max_position_embeddings", getattr(config, "max_position_embeddings", 2048)))
-    return module.tokenizer, module.safety, context
+    return tokenizer, safety, context
 
 
 def encode_messages(tokenizer, messages: list[dict[str, str]], chat_template: bool) -> EncodedPrompt:

@@ -11,7 +11,8 @@
 #   downloaded; HF_HUB_OFFLINE=1). Results: runs/redteam/garak/ (garak's report.jsonl + html) and
 #   runs/redteam/garak/summary.md (pass rate per probe and detector).
 # - Env: EXPORT, PORT (8011), PROBES, GENERATIONS (1), MAX_TOKENS (96), GATE_LEVEL (medium),
-#   GARAK_VENV, GARAK_VERSION (0.17.1), SKIP_INSTALL=1 to reuse the venv.
+#   PROMPT_CAP (prompts per probe, 64), PARALLEL (garak's concurrent attempts, 8: the server
+#   batches them), GARAK_VENV, GARAK_VERSION (0.17.1), SKIP_INSTALL=1 to reuse the venv.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +23,8 @@ PROBES="${PROBES:-malwaregen.TopLevel,promptinject.HijackHateHumans,dan.Dan_11_0
 GENERATIONS="${GENERATIONS:-1}"
 MAX_TOKENS="${MAX_TOKENS:-96}"
 GATE_LEVEL="${GATE_LEVEL:-medium}"
+PROMPT_CAP="${PROMPT_CAP:-64}"
+PARALLEL="${PARALLEL:-8}"
 GARAK_VERSION="${GARAK_VERSION:-0.17.1}"
 GARAK_VENV="${GARAK_VENV:-$HOME/.cache/safety-signal/venv-garak}"
 OUT="$ROOT/runs/redteam/garak"
@@ -58,11 +61,18 @@ cat > "$OUT/generator.json" <<EOF
   "suppressed_params": ["frequency_penalty", "presence_penalty", "n"], "retry_json": false
 }}}
 EOF
+cat > "$OUT/run.yaml" <<EOF
+run:
+  soft_probe_prompt_cap: $PROMPT_CAP
+system:
+  parallel_attempts: $PARALLEL
+  lite: true
+EOF
 START=$(date +%s)
 XDG_DATA_HOME="$OUT/xdg" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OPENAICOMPATIBLE_API_KEY=unused \
   "$GARAK_VENV/bin/python" -m garak --target_type openai.OpenAICompatible --target_name "$MODEL_ID" \
   --generator_option_file "$OUT/generator.json" --probes "$PROBES" --generations "$GENERATIONS" \
-  --report_prefix safety-signal --seed 0 2>&1 | tee "$OUT/garak.log"
+  --config "$OUT/run.yaml" --report_prefix safety-signal --seed 0 2>&1 | tee "$OUT/garak.log"
 echo "garak took $(( $(date +%s) - START )) s"
 
 # 4. Pass rates from garak's report (entry_type "eval": passed / total per probe and detector).

@@ -65,7 +65,6 @@ def served(tmp_path_factory, one_torch_thread):
     module = _lively_module()
     _separate(module)
     module.export_pretrained(export)
-    module = SafetySignalLM.from_exported(export).eval()
     port = _free_port()
     log = open(export / "server.log", "w")
     gate_args = [f"--gate.schedule={SERVER_GATE.schedule}", f"--gate.period={SERVER_GATE.period}",
@@ -79,6 +78,7 @@ def served(tmp_path_factory, one_torch_thread):
     )
     base = f"http://127.0.0.1:{port}"
     try:
+        module = SafetySignalLM.from_exported(export).eval()  # while the server starts
         deadline = time.monotonic() + 180
         while True:
             try:
