@@ -26,6 +26,7 @@ from safety_signal.gate import GatePolicy, GateTrace, SafetyGate
 from safety_signal.layout import encode_prompt, left_pad
 from safety_signal.masks import Role, build_attention_mask, build_position_ids, build_training_mask
 from safety_signal.model import eos_token_ids
+from safety_signal.refusal import GUIDE_SEPARATOR
 
 FinishReason = Literal["eos", "length", "refusal"]
 
@@ -54,6 +55,8 @@ class DecodingConfig:
         seed: seeds a generator private to each `generate` call (None: torch's global RNG).
         fuse_probe: run a due probe in the same forward as the next decode token (measured
             faster, see benchmarks/RESULTS.md) instead of a separate forward.
+        compact: drop finished rows from the model's forward (and the KV cache) once they are a
+            quarter of it; answers are unchanged, the batch just stops paying for rows at EOS.
     """
 
     max_new_tokens: int = 256
@@ -63,6 +66,7 @@ class DecodingConfig:
     top_k: int = 0
     seed: int | None = 0
     fuse_probe: bool = True
+    compact: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -157,6 +161,8 @@ class SafetyGatedGenerator:
         tokenizer = module.tokenizer
         self.tokenizer = tokenizer
         self.guide_ids = tokenizer(self.safety.guide, add_special_tokens=False)["input_ids"]
+        # After response text the guide follows a paragraph break (as in the prefill-recovery training rows).
+        self.separated_guide_ids = tokenizer(GUIDE_SEPARATOR + self.safety.guide, add_special_tokens=False)["input_ids"]
         self.refusal_ids = tokenizer(self.gate.refusal, add_special_tokens=False)["input_ids"]
         self.eos_ids = list(self.safety.eos_token_ids or eos_token_ids(module.model, tokenizer))
 
@@ -345,7 +351,7 @@ class DecodeRun:
         batch, device = len(input_ids), model.device
         self.gate = SafetyGate(
             generator.gate, generator.safety, generator.guide_ids, prefill_ids, self.prompt_len,
-            generator.eos_ids, pad_id, device,
+            generator.eos_ids, pad_id, device, separated_guide_ids=generator.separated_guide_ids,
         )
         self.gate.start(first_prob)
         self.tokens = torch.full((batch, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -359,6 +365,8 @@ class DecodeRun:
         self.rng = generator._rng(device)
         self.step = 0
         self.finished = False
+        # Rows still in the model's forward and KV cache (original indices); None: all of them.
+        self.live: torch.Tensor | None = None
 
     def __iter__(self) -> "DecodeRun":
         return self
@@ -371,17 +379,37 @@ class DecodeRun:
         logits = self.logits
         if step > 0:
             past = self.prompt_len + step - 1  # key columns in the cache; y_{step-1} goes to column `past`
+            live = self.live if self.live is not None else slice(None)
             window = gate.window(step) if gate.due(step) else None
             logits, probe_hidden = gen._decode_forward(
-                self.cache, self.layout[:, : past + 1], self.decode_mask[..., : past + 1], self.tokens[:, step - 1],
-                self.last_position + step, window,
+                self.cache, self.layout[live, : past + 1], self.decode_mask[live, ..., : past + 1],
+                self.tokens[live, step - 1], self.last_position[live] + step,
+                None if window is None else tuple(w[live] for w in window),
             )
-            if window is not None:
-                gate.observe(step, torch.sigmoid(gen.module.classify(probe_hidden).float()))
+            probs = None if window is None else torch.sigmoid(gen.module.classify(probe_hidden).float())
+            if self.live is not None:  # back to batch rows: finished rows get zeros, which the gate ignores
+                logits = logits.new_zeros((len(gate.done), logits.shape[-1])).index_copy_(0, self.live, logits)
+                if probs is not None:
+                    probs = probs.new_zeros(len(gate.done)).index_copy_(0, self.live, probs)
+            if probs is not None:
+                gate.observe(step, probs)
         token, self.finished = gate.emit(gen._next_token(logits, self.rng))
         self.tokens[:, step] = token
         self.step += 1
+        if gen.decoding.compact and not self.finished:
+            self._compact()
         return token
+
+    def _compact(self) -> None:
+        """Drop rows that reached EOS from the forward once they are a quarter of it."""
+        in_forward = len(self.live) if self.live is not None else len(self.gate.done)
+        finished_in_forward = self.gate.num_done - (len(self.gate.done) - in_forward)
+        if finished_in_forward * 4 < in_forward:
+            return
+        live = self.live if self.live is not None else torch.arange(len(self.gate.done), device=self.gate.done.device)
+        keep = (~self.gate.done[live]).nonzero().squeeze(1)
+        self.cache.batch_select_indices(keep)
+        self.live = live[keep]
 
     def answers(self) -> list[Answer]:
         gen, gate = self.generator, self.gate

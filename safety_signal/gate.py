@@ -160,6 +160,10 @@ class SafetyGate:
         policy: when to probe and how to intervene.
         safety: the model's shared settings (threshold and windows unless `policy` overrides them).
         guide_ids: the guide text's tokens (tokenized on its own, as in the training data).
+        separated_guide_ids: the tokens of `GUIDE_SEPARATOR + guide`, inserted instead of `guide_ids`
+            in a row that already has response text (a prefill or generated tokens), so the guide
+            starts a new paragraph, as in the prefill-recovery training examples, instead of being
+            glued to the last word ("Sure, here isSorry, ..."). None: always `guide_ids`.
         prefill_ids: per row, tokens forced at the start of the response (prefilling attack).
         response_start: the key column of the first response token (the prompt's padded length).
         eos_ids: tokens that finish a row.
@@ -176,6 +180,7 @@ class SafetyGate:
         eos_ids: list[int],
         pad_id: int,
         device: torch.device,
+        separated_guide_ids: list[int] | None = None,
     ) -> None:
         if not guide_ids:
             raise ValueError("the guide text must not be empty")
@@ -188,7 +193,8 @@ class SafetyGate:
         self.pad_id = pad_id
         self.eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.guide = torch.tensor(guide_ids, dtype=torch.long, device=device)
-        self.queue = ForcedQueue(prefill_ids, len(guide_ids), device)
+        self.separated_guide = torch.tensor(separated_guide_ids or guide_ids, dtype=torch.long, device=device)
+        self.queue = ForcedQueue(prefill_ids, max(len(self.guide), len(self.separated_guide)), device)
         batch = len(prefill_ids)
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         self.mode = torch.full((batch,), R2, dtype=torch.long, device=device)
@@ -198,6 +204,7 @@ class SafetyGate:
         self.refused = torch.zeros(batch, dtype=torch.bool, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.lengths = zeros.clone()  # response tokens each row has emitted
+        self.num_done = 0  # finished rows, on the host (updated by `emit`)
         # Rows confirming a malicious verdict (`follow_up`), and whether any is, on the host.
         self.confirming = torch.zeros(batch, dtype=torch.bool, device=device)
         self._suspicious = False
@@ -258,12 +265,14 @@ class SafetyGate:
         self.lengths += (~self.done).long()
         self.done |= torch.isin(token, self.eos_ids)
         if not self.policy.follow_up:
-            return token, bool(self.done.all())
+            self.num_done = int(self.done.sum())
+            return token, self.num_done == len(self.done)
         self.confirming = (
             (self.streak > 0) & (self.streak < self.policy.tau) & ~self.done & (self.intervention_step < 0)
         )
-        all_done, self._suspicious = torch.stack([self.done.all(), self.confirming.any()]).tolist()
-        return token, all_done
+        self.num_done, suspicious = torch.stack([self.done.sum(), self.confirming.sum()]).tolist()
+        self._suspicious = suspicious > 0
+        return token, self.num_done == len(self.done)
 
     def traces(self) -> list[GateTrace]:
         probs = torch.stack(self._probs, dim=1).cpu()
@@ -293,7 +302,10 @@ class SafetyGate:
         trigger = trigger & (self.intervention_step < 0) & ~self.done
         self.intervention_step = torch.where(trigger, step, self.intervention_step)
         if self.policy.level == "medium":
-            self.queue.push(self.guide, trigger)
+            # After response text (an emitted token, or a prefill still queued) the guide opens a new paragraph.
+            has_text = (self.lengths > 0) | (self.queue.tail > 0)
+            self.queue.push(self.separated_guide, trigger & has_text)
+            self.queue.push(self.guide, trigger & ~has_text)
             # After the guide the row is handled; later probes watch the latest tokens again.
             self.mode = torch.where(trigger & (self.mode == R3), R2, self.mode)
             self.streak = torch.where(trigger, 0, self.streak)

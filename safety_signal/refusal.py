@@ -14,6 +14,9 @@ import re
 
 DEFAULT_GUIDE = "Sorry, I can't fulfill your request because"
 DEFAULT_REFUSAL = "Sorry, I can't help with that request."
+# Between response text and a guide that follows it (a prefill-recovery example in training, a guide
+# the gate inserts after a prefill or generated tokens): the refusal starts a new paragraph.
+GUIDE_SEPARATOR = "\n\n"
 
 # The project's refusal phrases, matched case-insensitively anywhere in the answer. Short on
 # purpose: each phrase is a refusal in almost any context ("I cannot" also appears in helpful

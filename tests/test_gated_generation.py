@@ -135,6 +135,7 @@ def test_gating_off_matches_hf_generate_tiny(lively_module, prompts):
     assert len(set(expected[0])) > 3  # a varied continuation, not one repeated token
 
 
+@pytest.mark.slow
 def test_gating_off_matches_hf_generate_smollm2(smollm2_module):
     prompts = ["What is the capital of France?", "Give me three tips for staying healthy while working from home."]
     with safety(smollm2_module, use_cls=False):
@@ -205,6 +206,7 @@ def test_probe_through_cache_matches_full_forward(lively_module, monkeypatch, ru
     assert len({round(p, 4) for p in outs[0].verdict_probs}) > 3
 
 
+@pytest.mark.slow
 def test_probe_matches_full_forward_smollm2(smollm2_module):
     config = dict(level="low", schedule="each", max_new_tokens=10, r2=4, threshold=1 - 1e-9)
     with head_state(smollm2_module, weight_std=0.05):
@@ -299,7 +301,7 @@ def test_turning_malicious_inserts_after_tau_consecutive_verdicts(lively_module,
                                                                  max_new_tokens=steps)
     out = generator.generate(PROMPTS[:1])[0]
     assert out.intervention_step == k + tau - 1
-    guide = generator.guide_ids
+    guide = generator.separated_guide_ids  # after response text the guide opens a new paragraph
     assert out.token_ids[k + tau - 1 : k + tau - 1 + len(guide)] == guide
     monkeypatch.undo()
     plain = gated(lively_module, level="low", schedule="first", max_new_tokens=steps)
@@ -363,7 +365,9 @@ def test_prefill_is_forced_and_the_guide_follows_it(lively_module):
         generator = gated(lively_module, level="medium", max_new_tokens=20)
         out = generator.generate(PROMPTS[:1], prefills=[prefill])[0]
     prefill_ids = lively_module.tokenizer(prefill, add_special_tokens=False)["input_ids"]
-    assert out.token_ids[: len(prefill_ids) + len(generator.guide_ids)] == prefill_ids + generator.guide_ids
+    assert out.token_ids[: len(prefill_ids) + len(generator.separated_guide_ids)] == (
+        prefill_ids + generator.separated_guide_ids)
+    assert prefill + "\n\n" + lively_module.safety.guide in out.text  # never glued to the prefill's last word
     assert out.intervention_step == 0
 
 
@@ -431,3 +435,45 @@ def test_gate_policy_round_trips_as_plain_dict():
     assert plain["annealing"] == [[8, 1], [32, 4]] and GatePolicy(**plain) == config
     with pytest.raises(ValueError, match="level"):
         GatePolicy(level="extreme")
+
+
+def test_compaction_drops_finished_rows_from_the_forward_without_changing_any_answer(lively_module):
+    prompts = PROMPTS + ["Name a fruit.", "Write a poem about the sea."]
+    options = dict(level="medium", schedule="each", tau=1, max_new_tokens=24)
+    # EOS wins wherever the model's top token is one that rows 0, 1 and 3 emit at step 22, so rows
+    # finish at different steps (a hook on the LM head: the embeddings, tied here, stay as they are).
+    with head_state(lively_module, weight_std=0.3, seed=2):
+        unstopped = gated(lively_module, **options).generate(prompts)
+    stop_tokens = torch.tensor([unstopped[row].token_ids[22] for row in (0, 1, 3)])
+    eos = lively_module.tokenizer.eos_token_id
+
+    def eos_instead(_module, _args, logits):
+        top = logits.argmax(dim=-1, keepdim=True)
+        logits = logits.clone()
+        logits[..., eos] = torch.where(torch.isin(top, stop_tokens), logits.max(dim=-1, keepdim=True).values + 1,
+                                       logits[..., eos : eos + 1]).squeeze(-1)
+        return logits
+
+    batch_sizes = []
+    hooks = [
+        lively_module.model.lm_head.register_forward_hook(eos_instead),
+        lively_module.model.register_forward_pre_hook(
+            lambda _m, _a, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True),
+    ]
+    try:
+        with head_state(lively_module, weight_std=0.3, seed=2):
+            compact = gated(lively_module, **options).generate(prompts)
+            forwards = list(batch_sizes)
+            full = gated(lively_module, **options, compact=False).generate(prompts)
+            singles = [gated(lively_module, **options).generate([p])[0] for p in prompts]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    finished_early = [a for a in full if a.finish_reason == "eos" and len(a.token_ids) < 24]
+    assert 2 <= len(finished_early) < len(prompts)  # the comparison is not vacuous
+    assert min(forwards) < len(prompts)  # finished rows left the forward
+    for a, b, s in zip(compact, full, singles):
+        assert a.token_ids == b.token_ids == s.token_ids
+        assert a.verdict_steps == b.verdict_steps == s.verdict_steps
+        assert a.verdict_probs == pytest.approx(b.verdict_probs, abs=1e-5)
+        assert a.intervention_step == b.intervention_step == s.intervention_step
