@@ -185,6 +185,9 @@ class RequestParser:
         stream = body.get("stream") or False
         if not isinstance(stream, bool):
             raise RequestError("'stream' must be a boolean.", "stream")
+        stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise RequestError("'stream_options' must be an object.", "stream_options")
         temperature = self._number(body, "temperature", self.options.default_temperature, 0.0, 2.0)
         top_p = self._number(body, "top_p", 1.0, 0.0, 1.0)
         if top_p <= 0.0:
@@ -224,6 +227,7 @@ class RequestParser:
             "seed": (seed if seed is not None else secrets.randbelow(2**31)) if do_sample else None,
             "stop": stop,
             "stream": stream,
+            "include_usage": bool(stream_options.get("include_usage")),
             "hold_back": hold_back,
             "gate": gate.to_dict(),
         }
@@ -592,8 +596,8 @@ class SafetyOpenAISpec(OpenAISpec):
         events = self.data_streamer(queue, event, send_status=True)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": job["model"]}
         if job["stream"]:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(self._stream(uid, events, meta, include_usage), media_type="text/event-stream",
+            return StreamingResponse(self._stream(uid, events, meta, job["include_usage"]),
+                                     media_type="text/event-stream",
                                      background=background_tasks)
         try:
             content, final = [], {}

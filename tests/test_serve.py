@@ -127,6 +127,9 @@ def _stream(client, prompt: str, **kwargs) -> tuple[str, str, dict, int]:
     text, finish, safety, chunks = "", None, None, 0
     for chunk in client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
                                                 stream=True, **kwargs):
+        if not chunk.choices:  # the usage chunk (stream_options.include_usage)
+            assert chunk.usage.completion_tokens > 0
+            continue
         choice = chunk.choices[0]
         if choice.delta.content:
             text += choice.delta.content
@@ -160,7 +163,7 @@ def test_non_streaming_answer_equals_the_generator(served, client, sampling):
 
 def test_streaming_answer_equals_the_generator(served, client):
     _, module = served
-    text, finish, safety, chunks = _stream(client, BENIGN, max_tokens=20)
+    text, finish, safety, chunks = _stream(client, BENIGN, max_tokens=20, stream_options={"include_usage": True})
     expected = _expected(module, BENIGN, 20)
     if expected.intervened and expected.intervention_step > 0:  # hold-back dropped what it held
         ids = expected.token_ids
@@ -223,6 +226,7 @@ def test_a_request_may_only_tighten_the_gate(served, client):
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "word " * (2 * CONTEXT)}]}, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 7}, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": "yes"}, "stream_options"),
     (b"{not json", None),
 ])
 def test_bad_requests_get_an_openai_400_and_the_server_keeps_serving(served, body, param):
