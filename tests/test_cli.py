@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -32,6 +33,7 @@ def scalars(log_dir: Path) -> set[str]:
     return tags
 
 
+@pytest.mark.slow
 def test_fit_tiny_model_from_yaml(tmp_path):
     cli_main([
         "fit", "--config", str(ROOT / "conf" / "tiny.yaml"), *write_sources(tmp_path),
@@ -50,6 +52,7 @@ def test_fit_tiny_model_from_yaml(tmp_path):
     assert state["global_step"] == 6
 
 
+@pytest.mark.slow
 def test_fit_smollm2_a_few_steps(tmp_path):
     cli_main([
         "fit", "--model.model_name=smollm2-135m-instruct", *write_sources(tmp_path),

@@ -40,6 +40,7 @@ def last_validation(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in val[-1].items() if k.startswith("val/") and v}
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_match_one(tmp_path):
     run_main(fit_args(tmp_path, "ddp", devices=2), cwd=tmp_path)
     cli_main(fit_args(tmp_path, "single", devices=1))

@@ -17,6 +17,7 @@ def trained_columns(report_md: str) -> list[list[str]]:
     return [[row[0], *row[2:]] for row in rows]
 
 
+@pytest.mark.slow
 def test_demo_fit_then_skip_fit_give_the_same_trained_results(tmp_path):
     config = yaml.safe_load((ROOT / "conf" / "tiny.yaml").read_text())
     config["trainer"].update(max_steps=2, val_check_interval=None, default_root_dir=str(tmp_path), logger=False,

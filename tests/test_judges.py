@@ -250,6 +250,7 @@ def test_refusal_judge_agreement_on_pyrit_human_labels(name, rows):
         assert result["keyword (ours)"].false_positive == 0
 
 
+@pytest.mark.slow
 def test_agreement_tables_and_markdown():
     tables = judge_agreement_tables()
     assert list(tables) == [JBB_TABLE, pyrit_table("refusal.csv"), pyrit_table("refusal_extra.csv"),
@@ -263,6 +264,7 @@ def test_agreement_tables_and_markdown():
     assert judges_markdown(tables).startswith("# Judges, measured")
 
 
+@pytest.mark.slow
 def test_reports_judges_md_is_current():
     """reports/judges.md is what `python -m evaluation.judges` writes today (regenerate it when a judge changes)."""
     path = Path(__file__).resolve().parents[1] / "reports" / "judges.md"

@@ -53,6 +53,7 @@ def test_lm_path_is_invariant_when_nothing_attends_classifier_tokens(attn):
             torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lm_path_is_invariant_on_smollm2(smollm2_module):
     batch = make_batch(smollm2_module, phase="pretrain")
     sft = smollm2_module.safety
@@ -116,6 +117,7 @@ def test_harmful_prefill_is_never_an_lm_target(tiny_module):
     assert probe_labels[0] == 1 and probe_labels.max() == 1 and probe_labels.min() == 0
 
 
+@pytest.mark.slow
 def test_head_separates_two_synthetic_classes():
     torch.manual_seed(0)
     rng = random.Random(0)

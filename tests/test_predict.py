@@ -118,6 +118,7 @@ def test_checkpoint_hparams_load_with_weights_only(tmp_path):
     assert restored.generator.gate == GatePolicy(annealing=[(8, 1)])
 
 
+@pytest.mark.slow
 def test_main_predict_under_two_process_ddp_matches_one_process(tmp_path):
     """The real command line, 2 CPU ranks (gloo): same records, file order, no duplicates or gaps."""
     prompts = tmp_path / "p.txt"

@@ -71,6 +71,7 @@ def test_fsdp_preset_strategy_instantiates(name, layer, tmp_path, monkeypatch):
     assert cli.trainer.precision_plugin.precision == "bf16-mixed"
 
 
+@pytest.mark.slow
 def test_llama2_fsdp_preset_trains_on_two_cpu_processes(tmp_path):
     """Real FSDP (2 gloo processes): wrap + activation checkpointing per decoder layer, bf16 mixed
     precision, a sharded checkpoint and the gathered export. The [CLS] head only learns if the
@@ -87,6 +88,7 @@ def test_llama2_fsdp_preset_trains_on_two_cpu_processes(tmp_path):
     assert module.model.model.layers[0].self_attn.q_proj.weight.shape == (64, 64)
 
 
+@pytest.mark.slow
 def test_mistral_preset_runs_a_few_steps_in_one_cpu_process(tmp_path, monkeypatch):
     """The preset's model, data, precision and callbacks (its FSDP strategy is checked above)."""
     monkeypatch.chdir(tmp_path)
@@ -96,6 +98,7 @@ def test_mistral_preset_runs_a_few_steps_in_one_cpu_process(tmp_path, monkeypatc
     assert (tmp_path / "runs" / "mistral-7b-instruct-fsdp" / "export" / HEAD_FILE).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, layer_type", [("llama2-7b-qlora", Linear4bit), ("llama2-7b-lora-8bit", Linear8bitLt)])
 def test_quantized_lora_preset_trains_checkpoints_and_exports(name, layer_type, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -144,6 +147,7 @@ def test_quantization_needs_lora():
         SafetySignalLM(quantization="4bit")
 
 
+@pytest.mark.slow
 def test_hidden_state_hook_survives_peft_wrapping():
     """With LoRA the decoder hook sees the same final-normed hidden state the LM head reads."""
     from tests.conftest import tiny_overrides

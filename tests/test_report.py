@@ -47,6 +47,7 @@ def tiny_method() -> SafetySignalLM:
     return module.eval()
 
 
+@pytest.mark.slow
 def test_report_on_a_tiny_model_has_every_row_and_column(tmp_path, tiny_module, tiny_method):
     config = tiny_config(tmp_path)
     result = run_report(config, lambda: tiny_method, lambda: tiny_module, lambda: tiny_module,
@@ -112,6 +113,7 @@ def test_report_on_a_tiny_model_has_every_row_and_column(tmp_path, tiny_module, 
     assert summary["method"]["mcnemar"]["sft_baseline"]["asr"]["direct"]["p"] == test["p"]
 
 
+@pytest.mark.slow
 def test_report_command_line_on_exported_models(tmp_path, tiny_method):
     export = tiny_method.export_pretrained(tmp_path / "run" / "export")
     fresh = SafetySignalLM(config_overrides=tiny_overrides())  # exporting changes a module's generation config
@@ -213,6 +215,7 @@ def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
         "runs/sft_baseline/checkpoints", None, "runs/sft_baseline/export"}
 
 
+@pytest.mark.slow
 def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_method):
     """`--checkpoint`: the model and its base-model name come from a Lightning checkpoint read with weights_only."""
     import lightning

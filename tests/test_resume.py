@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from datamodules.sampling import ResumableSampler
@@ -70,6 +71,7 @@ def fit_in_this_process(args: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_from_last_equals_an_uninterrupted_run(tmp_path):
     fit_in_this_process(fit_args(tmp_path, "reference"))
     killed = run_main(
@@ -91,6 +93,7 @@ def test_kill_9_then_resume_from_last_equals_an_uninterrupted_run(tmp_path):
     assert_same_weights(weights, ref_weights)
 
 
+@pytest.mark.slow
 def test_ckpt_path_auto_picks_the_newest_of_last_and_the_slurm_requeue_checkpoint(tmp_path):
     cli = cli_main(fit_args(tmp_path, "auto")[1:], run=False)
     trainer = cli.trainer

@@ -142,6 +142,7 @@ def _result(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_two_ddp_ranks_give_the_metrics_of_one_process(tmp_path, lively_tiny):
     # A checkpoint of the lively tiny model (random head), so gates fire on some prompts.
     torch.save({"state_dict": lively_tiny.state_dict(), "hyper_parameters": dict(lively_tiny.hparams),

@@ -46,6 +46,7 @@ def test_template_requeues_on_a_pre_timeout_signal_with_one_command():
     assert command == ['srun "$PYTHON" main.py fit --config "$CONFIG" --config conf/slurm.yaml --ckpt_path auto "$@"']
 
 
+@pytest.mark.slow
 def test_slurm_layer_enables_lightning_auto_requeue(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["--config", str(ROOT / "conf" / "tiny.yaml"), "--config", str(ROOT / "conf" / "slurm.yaml"),
@@ -74,6 +75,7 @@ def wait_completed(job_id: str, log: Path, timeout: float = 300) -> None:
     assert proc.returncode == 0, f"job {job_id}: {proc.stdout.strip()}\n{log.read_text()[-6000:] if log.exists() else ''}"
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @needs_slurm
 def test_requeued_job_resumes_and_matches_an_uninterrupted_job(tmp_path):

@@ -94,6 +94,7 @@ def test_builtin_label_cannot_change() -> None:
         load_source(DataSource("advbench", label=0))
 
 
+@pytest.mark.slow
 def test_sharegpt_filtered_and_cached(cache: Path) -> None:
     records = load_source(DataSource("sharegpt"))
     assert len(records) == SHAREGPT_COUNT
