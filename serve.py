@@ -453,6 +453,10 @@ class BatchDecoder:
                     row.ids.append(step_tokens[i])
                 finished = exhausted or done[i] or length >= row.job["max_tokens"]
                 events.append(self._update(row, run, i, streak[i], intervention[i], finished, refused[i]))
+                if row.finished and not done[i]:
+                    # At its own max_tokens or stop string: the row leaves the batch as at EOS (the
+                    # decode loop compacts it away); the other rows' answers do not depend on it.
+                    gate.done[i] = True
             yield events
             if exhausted:
                 break

@@ -1,4 +1,8 @@
-"""`serve.py` end to end: a server started here on the tiny model, driven by the official `openai` client."""
+"""`serve.py` end to end: a server started here on the tiny model, driven by the official `openai` client.
+
+The server tests are `slow` (one server subprocess for the module); the decode bookkeeping
+(hold-back, multi-turn prompts) is tested in process in the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -140,11 +144,13 @@ def _stream(client, prompt: str, **kwargs) -> tuple[str, str, dict, int]:
 
 
 # ---------------------------------------------------------------------- answers equal the generator's
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_models_endpoint_lists_the_export(client):
     models = client.models.list().data
     assert len(models) == 1 and models[0].id.startswith("export")
 
 
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
 def test_non_streaming_answer_equals_the_generator(served, client, sampling):
     base, module = served
@@ -161,6 +167,7 @@ def test_non_streaming_answer_equals_the_generator(served, client, sampling):
     assert response.usage.completion_tokens == len(expected.token_ids)
 
 
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_streaming_answer_equals_the_generator(served, client):
     _, module = served
     text, finish, safety, chunks = _stream(client, BENIGN, max_tokens=20, stream_options={"include_usage": True})
@@ -174,6 +181,7 @@ def test_streaming_answer_equals_the_generator(served, client):
     assert chunks > 1 and finish in ("stop", "length") and safety["verdict_steps"] == expected.verdict_steps
 
 
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_stop_sequence_cuts_the_answer(served, client):
     _, module = served
     full = _expected(module, BENIGN, 20).text
@@ -187,6 +195,7 @@ def test_stop_sequence_cuts_the_answer(served, client):
 
 
 # ---------------------------------------------------------------------- the gate
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_malicious_verdict_inserts_the_guide(served, client):
     _, module = served
     guide = module.safety.guide
@@ -203,6 +212,7 @@ def test_malicious_verdict_inserts_the_guide(served, client):
     assert text == expected.text and safety["leaked_tokens"] == 0 and finish in ("stop", "length")
 
 
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_a_request_may_only_tighten_the_gate(served, client):
     base, module = served
     high = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": HARMFUL}],
@@ -229,6 +239,7 @@ def test_a_request_may_only_tighten_the_gate(served, client):
     ({"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": "yes"}, "stream_options"),
     (b"{not json", None),
 ])
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_bad_requests_get_an_openai_400_and_the_server_keeps_serving(served, body, param):
     base, _ = served
     status, answer = _post(base, body)
@@ -238,6 +249,7 @@ def test_bad_requests_get_an_openai_400_and_the_server_keeps_serving(served, bod
     assert status == 200 and ok["choices"][0]["message"]["content"] is not None
 
 
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_openai_client_raises_bad_request(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=65)
@@ -245,6 +257,7 @@ def test_openai_client_raises_bad_request(client):
 
 
 # ---------------------------------------------------------------------- batching
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_concurrent_requests_each_get_their_batch_one_answer(served, client):
     _, module = served
     prompts = [BENIGN, HARMFUL, "hi", "What is 2+2?", "Name three colours.", "Write a haiku about rain."]
@@ -302,6 +315,7 @@ def test_hold_back_keeps_a_confirmed_verdicts_tokens_from_the_client(one_torch_t
 
 
 # ---------------------------------------------------------------------- loading and prompts
+@pytest.mark.slow  # a server subprocess (about 10-30 s to start), or > 5 s
 def test_a_lightning_checkpoint_loads_and_decodes_like_its_module(tmp_path, one_torch_thread):
     import lightning
 
@@ -331,3 +345,25 @@ def test_a_conversation_marks_the_user_turns_as_the_query():
     query = [t for t, r in zip(encoded.input_ids, encoded.roles) if r == int(Role.QUERY)]
     assert module.tokenizer.decode(query).replace(" ", "") == "hithereHowdoIbakebread?".replace(" ", "")
     assert encoded.roles[0] == int(Role.CLS) and "Be brief." in module.tokenizer.decode(encoded.input_ids)
+
+
+def test_batched_jobs_equal_their_batch_one_answers_in_process(one_torch_thread):
+    module = _lively_module()
+    _separate(module)
+    parser = RequestParser(ServeOptions(model="unused", model_id="tiny", gate=SERVER_GATE.to_dict()),
+                           module.tokenizer, module.safety, 2048)
+    bodies = [
+        {"messages": [{"role": "user", "content": BENIGN}], "max_tokens": 20},
+        {"messages": [{"role": "user", "content": HARMFUL}], "max_tokens": 12, "stream": True},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "temperature": 0.9, "top_p": 0.8, "seed": 5},
+        {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 7, "temperature": 1.3, "seed": 1},
+    ]
+    jobs = [parser.parse(body) for body in bodies]
+    batched = BatchDecoder(module).answers(jobs)
+    for job, body, result in zip(jobs, bodies, batched):
+        expected = _expected(module, body["messages"][0]["content"], body["max_tokens"], body.get("temperature", 0.0),
+                             body.get("top_p", 1.0), body.get("seed"))
+        assert result["content"] == expected.text
+        assert result["safety"]["verdict_steps"] == expected.verdict_steps
+        assert result["safety"]["intervention_step"] == expected.intervention_step
+        assert result["safety"]["batch_size"] == len(jobs) and result["usage"]["completion_tokens"] == len(expected.token_ids)
