@@ -546,6 +546,8 @@ class BatchDecoder:
             "seed": job["seed"],
             "batch_size": len(run.generator.jobs),  # requests decoded together with this one
         }
+        if refused:  # the answer is the fixed refusal (after what was already streamed)
+            n = len(run.generator.refusal_ids) + (row.dropped_from if job["stream"] else 0)
         prompt_tokens = len(job["input_ids"])
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
         return {"finish_reason": finish, "safety": safety, "usage": usage}

@@ -217,9 +217,10 @@ def test_a_request_may_only_tighten_the_gate(served, client):
     base, module = served
     high = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": HARMFUL}],
                                           max_tokens=24, extra_body={"safety": {"level": "high"}})
-    assert high.choices[0].finish_reason == "content_filter"
-    assert high.choices[0].message.content == _expected(module, HARMFUL, 24, gate=GatePolicy(
-        **{**SERVER_GATE.to_dict(), "level": "high"})).text
+    refused = _expected(module, HARMFUL, 24, gate=GatePolicy(**{**SERVER_GATE.to_dict(), "level": "high"}))
+    assert high.choices[0].finish_reason == "content_filter" and refused.finish_reason == "refusal"
+    assert high.choices[0].message.content == refused.text
+    assert high.usage.completion_tokens == len(refused.token_ids)
     for override, param in [({"level": "low"}, "safety.level"), ({"threshold": 0.9}, "safety.threshold"),
                             ({"hold_back": False}, "safety.hold_back"), ({"tau": 5}, "safety.tau")]:
         status, body = _post(base, {"messages": [{"role": "user", "content": "hi"}], "safety": override})
