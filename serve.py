@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import secrets
+import signal
 import sys
 import time
 import uuid
@@ -745,6 +746,11 @@ def serve(
         threads=threads,
     )
     server = build_server(options, max_batch_size, batch_timeout, timeout)
+
+    def terminate(signum, frame):  # SIGTERM shuts down like Ctrl+C: LitServe then stops its uvicorn fork too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
 
 

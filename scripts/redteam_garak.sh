@@ -40,12 +40,18 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
 fi
 "$GARAK_VENV/bin/python" -c "import garak, sys; print('garak', garak.__version__, 'in', sys.prefix)"
 
-# 2. Serve the model on 127.0.0.1 (this script's own process group member; stopped on exit).
+# 2. Serve the model on 127.0.0.1 (stopped on exit).
 mkdir -p "$OUT"
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" serve.py --model "$EXPORT" --host 127.0.0.1 --port "$PORT" \
+# Its own session (process group): the API process, its uvicorn fork and the model worker stop together.
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" setsid "$PY" serve.py --model "$EXPORT" --host 127.0.0.1 --port "$PORT" \
   --gate.level "$GATE_LEVEL" --max_tokens_limit 1024 > "$OUT/server.log" 2>&1 &
 SERVER_PID=$!
-trap 'kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true' EXIT
+stop_server() {
+  kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 1 20); do kill -0 "$SERVER_PID" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+}
+trap stop_server EXIT
 for _ in $(seq 1 300); do
   curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break
   kill -0 "$SERVER_PID" 2>/dev/null || { tail -50 "$OUT/server.log"; exit 1; }
