@@ -84,11 +84,11 @@ def hf_generate(module: SafetySignalLM, prompts: list[str], max_new_tokens: int)
         attention[i, length - len(row) :] = 1
     with torch.inference_mode():
         out = module.model.generate(
-            input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+            input_ids=ids.to(module.model.device), attention_mask=attention.to(module.model.device), max_new_tokens=max_new_tokens, do_sample=False,
             suppress_tokens=[module.cls_id], pad_token_id=tokenizer.pad_token_id,
         )
     eos = module.model.generation_config.eos_token_id
-    return sum(row.index(eos) + 1 if eos in row else len(row) for row in out[:, length:].tolist())
+    return sum(row.index(eos) + 1 if eos in row else len(row) for row in out[:, length:].cpu().tolist())
 
 
 def configs(options: dict, max_new_tokens: int) -> tuple[GatePolicy, DecodingConfig]:
@@ -113,6 +113,7 @@ def measure(run, prompts: list[str], batch_size: int, clock) -> tuple[float, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny random Llama instead of SmolLM2-135M")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch1-prompts", type=int, default=2, help="prompts decoded one by one at batch 1")
@@ -132,7 +133,7 @@ def main() -> None:
 
     module = SafetySignalLM(config_overrides=TINY if args.tiny else None).eval()
     module.configure_model()
-    module.eval()
+    module.to(args.device).eval()
     name = "tiny random Llama (2 layers, hidden 64)" if args.tiny else "SmolLM2-135M-Instruct (float32, sdpa)"
     print(f"model: {name}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
