@@ -34,13 +34,13 @@ import yaml
 
 from datamodules.refusals import affirmative_opening
 from datamodules.sources import DataSource, load_source, package_file
+from evaluation.runner import PlainResponder
+from lightning_modules.safety_signal_lm import SafetySignalLM
 from safety_signal.io import write_text_atomic
 from safety_signal.model import cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from lightning_modules.safety_signal_lm import SafetySignalLM
 
 Aggregate = Literal["any", "mean"]
 Pairing = Literal["cycle", "all"]
@@ -391,8 +391,6 @@ def make_harmful_answers(
     continuation (plain HF generate, no `[CLS]`): forcing the opening is what makes an aligned
     "base" answer at all; the opening keeps prefill-N tokens harmful from the first token on.
     """
-    from evaluation.runner import PlainResponder  # the runner imports this module
-
     path = Path(path)
     cached: dict[str, Any] = {}
     if path.exists() and not regenerate:
@@ -437,8 +435,6 @@ def answers_command(
         out: JSON file (default: the cache folder, one file per model).
         regenerate: ignore the cached answers and write them anew.
     """
-    from lightning_modules.safety_signal_lm import SafetySignalLM
-
     base = SafetySignalLM(model_name=model)
     base.configure_model()
     prompts = held_out_harmful(sources, num_prompts, seed)

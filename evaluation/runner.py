@@ -10,12 +10,11 @@ tokens before it are counted by the leak measure).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.attacks import AttackCase
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from safety_signal.decoding import Answer, DecodingConfig, SafetyGatedGenerator
 from safety_signal.gate import GatePolicy
@@ -25,11 +24,24 @@ from safety_signal.model import eos_token_ids
 GroupKey = tuple[str, tuple[tuple[str, Any], ...]]
 
 
-def group_key(case: AttackCase) -> GroupKey:
+class Case(Protocol):
+    """What a responder answers (`evaluation.attacks.Case` is one): a prompt, an optional
+    prefill forced at the start of the response, and decoding overrides shared by its group."""
+
+    attack: str
+    prompt: str
+    prefill: str
+    decoding: tuple[tuple[str, Any], ...]
+
+    @property
+    def decoding_overrides(self) -> dict[str, Any]: ...
+
+
+def group_key(case: Case) -> GroupKey:
     return case.attack, case.decoding
 
 
-def grouped(cases: Sequence[AttackCase]) -> dict[GroupKey, list[int]]:
+def grouped(cases: Sequence[Case]) -> dict[GroupKey, list[int]]:
     """Case indices per group, groups in order of first appearance."""
     groups: dict[GroupKey, list[int]] = {}
     for i, case in enumerate(cases):
@@ -37,12 +49,12 @@ def grouped(cases: Sequence[AttackCase]) -> dict[GroupKey, list[int]]:
     return groups
 
 
-def prefill_token_counts(tokenizer: Any, cases: Sequence[AttackCase]) -> list[int]:
+def prefill_token_counts(tokenizer: Any, cases: Sequence[Case]) -> list[int]:
     """Tokens of each prefill, tokenized on its own as the generator does."""
     return [len(tokenizer(c.prefill, add_special_tokens=False)["input_ids"]) if c.prefill else 0 for c in cases]
 
 
-def prefill_budgets(tokenizer: Any, cases: Sequence[AttackCase]) -> dict[GroupKey, int]:
+def prefill_budgets(tokenizer: Any, cases: Sequence[Case]) -> dict[GroupKey, int]:
     """Longest prefill per group: with it every batch of a group runs the same number of steps."""
     budgets: dict[GroupKey, int] = {}
     for case, count in zip(cases, prefill_token_counts(tokenizer, cases)):
@@ -51,7 +63,7 @@ def prefill_budgets(tokenizer: Any, cases: Sequence[AttackCase]) -> dict[GroupKe
     return budgets
 
 
-def _batches(cases: Sequence[AttackCase], batch_size: int) -> Iterator[list[int]]:
+def _batches(cases: Sequence[Case], batch_size: int) -> Iterator[list[int]]:
     for indices in grouped(cases).values():
         for start in range(0, len(indices), batch_size):
             yield indices[start : start + batch_size]
@@ -79,7 +91,7 @@ class GatedResponder:
         self.progress = progress
         self.description = description
 
-    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
+    def respond(self, cases: Sequence[Case], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
         tokenizer = self.module.tokenizer
         prefill_counts = prefill_token_counts(tokenizer, cases)
         guide_len = len(tokenizer(self.module.safety.guide, add_special_tokens=False)["input_ids"])  # as the generator
@@ -161,7 +173,7 @@ class PlainResponder:
         self.description = description
 
     @torch.inference_mode()
-    def respond(self, cases: Sequence[AttackCase], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
+    def respond(self, cases: Sequence[Case], budgets: dict[GroupKey, int] | None = None) -> list[Answer]:
         module, tokenizer = self.module, self.module.tokenizer
         model = module.model
         prefill_counts = prefill_token_counts(tokenizer, cases)
