@@ -154,11 +154,24 @@ ALTERNATIVES: dict[str, tuple[str, ...]] = {
 ALTERNATIVE_PROBABILITY = 0.5
 
 
+# Source categories too broad to give a reason that fits (Do-Not-Answer's "illegal activities",
+# AdvBench prompts without a topical tag): the prompt's own topic is asked first.
+COARSE_CATEGORIES = ("harmful", "illegal")
+
+
 def refusal_category(prompt: str, category: str) -> str:
-    """The category whose reasons fit: the given one if known, else inferred from the prompt."""
-    if category in REASONS:
+    """The category whose reasons fit the request.
+
+    A specific known category is kept; a coarse one (`COARSE_CATEGORIES`) or an unknown one gives
+    way to the topic inferred from the prompt's words (a drug, a weapon, a scam, ...), so that "how
+    do I grow cannabis at home" is refused for a drug reason rather than a generic "illegal" one.
+    """
+    if category in REASONS and category not in COARSE_CATEGORIES:
         return category
-    return infer_category(prompt, default="harmful")
+    inferred = infer_category(prompt, default="")
+    if inferred in REASONS:
+        return inferred
+    return category if category in REASONS else "harmful"
 
 
 def write_refusal(prompt: str, category: str, rng: random.Random, guide: str = DEFAULT_GUIDE) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,13 +14,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example
+from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, HardNegative, generate_hard_negatives, template_split
 from datamodules.prompts import read_prompts
 from datamodules.refusals import affirmative_opening, write_refusal
+from datamodules.rephrase import rephrasings
 from datamodules.sampling import ResumableSampler
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
 from safety_signal.config import SafetyConfig
 from safety_signal.model import cls_token_id, load_tokenizer
-from safety_signal.refusal import DEFAULT_GUIDE
+from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
+
+REPHRASE_SOURCE = "rephrase"
 
 
 def default_sources() -> list[DataSource]:
@@ -29,7 +35,11 @@ def default_sources() -> list[DataSource]:
 
 @dataclass
 class TrainingExample:
-    """A record ready to encode: `prefill` is an opening the model must recover from (no LM loss)."""
+    """A record ready to encode: `prefill` is an opening the model must recover from (no LM loss).
+
+    `classify_only`: no response, trained through `[CLS]` (and the R1 probe) only. `needs_answer`:
+    a benign SFT row whose answer is filled in later (self-distilled), from `prompt`.
+    """
 
     prompt: str
     response: str
@@ -38,6 +48,8 @@ class TrainingExample:
     source: str
     prefill: str = ""
     prefill_harmful: bool = False
+    classify_only: bool = False
+    needs_answer: bool = False
 
 
 @dataclass
@@ -56,18 +68,38 @@ def build_mix(
     seed: int,
     guide: str = DEFAULT_GUIDE,
     match_benign_form: bool = True,
+    cls_only_harmful: int | None = 0,
+    cls_only_benign_per_harmful: float = 1.0,
+    hard_negatives: list[HardNegative] | None = None,
+    hard_negatives_sft: int = 0,
+    rephrase_per_prompt: int = 0,
+    rephrase_sft: int = 0,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
     The split is by prompt (after de-duplication), so no prompt is in both train and val, and a
     prefill-recovery copy always lands in the split of its prompt. With `match_benign_form`, the
     benign prompts are drawn to follow the harmful prompts' surface form (see `prompt_form`).
+    A prefill-recovery response starts with `GUIDE_SEPARATOR` (a paragraph break after the
+    opening), as the guide the gate inserts after response text does.
+
+    Classification-only rows (no response, no LM loss; `classify_only`):
+        cls_only_harmful: harmful prompts beyond the `num_harmful` SFT ones (None: all the rest).
+        cls_only_benign_per_harmful: benign prompts per classification-only harmful prompt, drawn
+            from the benign records the SFT rows did not use (form-matched like them).
+        hard_negatives: benign look-alikes (`datamodules.hard_negatives`), split by *template*
+            (whole templates are held out for validation); the first `hard_negatives_sft` training
+            ones also get an SFT row whose answer is filled later (`needs_answer`, self-distilled).
+        rephrase_per_prompt: rephrasings (past tense, hypothetical, story, ...; `datamodules.rephrase`)
+            of every harmful prompt, label 1, in the split of their prompt; the first `rephrase_sft`
+            rephrasings of SFT harmful prompts are SFT rows with a refusal, the rest classification-only.
     """
     rng = random.Random(seed)
     harmful = _dedupe(harmful_records)
     benign = _dedupe(benign_records)
     rng.shuffle(harmful)
     rng.shuffle(benign)
+    harmful_all = harmful
     if num_harmful is not None:
         harmful = harmful[:num_harmful]
 
@@ -76,7 +108,7 @@ def build_mix(
         refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
         examples.append((rec.prompt, TrainingExample(rec.prompt, refusal, 1, rec.category, rec.source)))
     for rec in harmful[: round(prefill_fraction * len(harmful))]:
-        refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
+        refusal = GUIDE_SEPARATOR + write_refusal(rec.prompt, rec.category, rng, guide=guide)
         opening = affirmative_opening(rec.prompt, rng)
         examples.append(
             (rec.prompt, TrainingExample(rec.prompt, refusal, 1, rec.category, rec.source, opening, True))
@@ -91,14 +123,66 @@ def build_mix(
     for rec in picked:
         examples.append((rec.prompt, TrainingExample(rec.prompt, rec.response, 0, rec.category, rec.source)))
 
-    prompts = sorted({p for p, _ in examples})
-    rng.shuffle(prompts)
-    val_prompts = set(prompts[: round(val_fraction * len(prompts))])
+    # Classification-only rows: the harmful prompts the SFT rows left, and benign ones to match.
+    sft_prompts = {rec.prompt for rec in harmful}
+    rest = harmful_all[len(harmful) :]
+    cls_harmful = rest if cls_only_harmful is None else rest[: max(0, cls_only_harmful)]
+    for rec in cls_harmful:
+        examples.append((rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, rec.source, classify_only=True)))
+    if cls_harmful and cls_only_benign_per_harmful > 0:
+        used = {rec.prompt for rec in picked}
+        spare = [rec for rec in benign if rec.prompt not in used]
+        count = min(len(spare), round(cls_only_benign_per_harmful * len(cls_harmful)))
+        spare_picked = match_form(spare, [rec.prompt for rec in cls_harmful], count) if match_benign_form else spare[:count]
+        for rec in spare_picked:
+            examples.append((rec.prompt, TrainingExample(rec.prompt, "", 0, rec.category, rec.source, classify_only=True)))
+
+    if rephrase_per_prompt > 0:
+        sft_left = rephrase_sft
+        for rec in harmful + cls_harmful:
+            for text in rephrasings(rec.prompt, rephrase_per_prompt, rng):
+                if rec.prompt in sft_prompts and sft_left > 0:
+                    sft_left -= 1
+                    refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
+                    examples.append((rec.prompt, TrainingExample(text, refusal, 1, rec.category, REPHRASE_SOURCE)))
+                else:
+                    examples.append(
+                        (rec.prompt, TrainingExample(text, "", 1, rec.category, REPHRASE_SOURCE, classify_only=True))
+                    )
+
     split = MixSplit()
     for prompt, ex in examples:
-        (split.val if prompt in val_prompts else split.train).append(ex)
+        (split.val if in_validation(prompt, val_fraction, seed) else split.train).append(ex)
+
+    if hard_negatives:
+        train_hn, val_hn = template_split(hard_negatives, val_fraction, seed)
+        taken = {ex.prompt for _, ex in examples}
+        for i, item in enumerate(hn for hn in train_hn if hn.prompt not in taken):
+            if i < hard_negatives_sft:
+                split.train.append(TrainingExample(item.prompt, "", 0, item.family, HARD_NEGATIVE_SOURCE, needs_answer=True))
+            else:
+                split.train.append(
+                    TrainingExample(item.prompt, "", 0, item.family, HARD_NEGATIVE_SOURCE, classify_only=True)
+                )
+        split.val += [
+            TrainingExample(item.prompt, "", 0, item.family, HARD_NEGATIVE_SOURCE, classify_only=True)
+            for item in val_hn if item.prompt not in taken
+        ]
     rng.shuffle(split.train)
     return split
+
+
+
+def in_validation(prompt: str, val_fraction: float, seed: int) -> bool:
+    """Whether `prompt` belongs to the validation split: a seeded hash of the normalised prompt.
+
+    The split of a prompt does not depend on which other prompts a recipe uses, so every recipe
+    variant (more harmful prompts, classification-only rows, rephrasings) holds out the same prompts
+    and can be compared on one validation set without training on any of it.
+    """
+    key = " ".join(prompt.lower().split())
+    digest = hashlib.sha256(f"val-{seed}-{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
 # Word-count bucket edges of `prompt_form`: fine where the harmful sets sit (6-20 words).
@@ -167,6 +251,25 @@ class SafetyMixDataModule(L.LightningDataModule):
             form, so the classifier cannot separate the classes by surface form (`prompt_form`).
         predict_path: prompts for `predict` (.jsonl field `prompt`, .csv column `prompt`, or .txt
             one per line); batches are `{"index": LongTensor, "prompt": list[str]}`.
+        cls_only_harmful: training harmful prompts beyond `num_harmful` added as classification-only
+            rows (a labelled prompt, no response, no LM loss; None = every remaining one).
+        cls_only_benign_per_harmful: benign classification-only rows per harmful one (form-matched).
+        hard_negatives: generated benign look-alikes (`datamodules.hard_negatives`; 0 = off, None = all),
+            classification-only; validation holds out whole templates.
+        hard_negatives_sft: of the training hard negatives, how many also get an SFT row with the base
+            model's own answer (needs `self_distill`).
+        rephrase_per_prompt: rule-based rephrasings (past tense, hypothetical, "used to", story) of each
+            training harmful prompt, label 1 (`datamodules.rephrase`).
+        rephrase_sft: how many rephrasings of SFT harmful prompts are SFT rows with a refusal.
+        self_distill: benign SFT targets are the base model's own greedy answers (generated once, cached
+            under the project cache folder, `datamodules.self_distill`); where it has no usable answer
+            (a refusal, too short) the source's answer is kept.
+        self_distill_max_new_tokens: length budget of a self-distilled answer.
+        group_classify_only: batch classification-only rows together (seeded, resumable), so a batch of
+            them is only as long as its prompts and skips the LM logits.
+        cls_only_batch_factor: a batch of classification-only rows holds `batch_size * factor` rows (one
+            process only; under DDP the factor is 1): the optimizer step and the fixed cost of a step are
+            shared by more short rows.
     """
 
     def __init__(
@@ -185,8 +288,20 @@ class SafetyMixDataModule(L.LightningDataModule):
         seed: int = 0,
         match_benign_form: bool = True,
         predict_path: str | None = None,
+        cls_only_harmful: int | None = 0,
+        cls_only_benign_per_harmful: float = 1.0,
+        hard_negatives: int | None = 0,
+        hard_negatives_sft: int = 0,
+        rephrase_per_prompt: int = 0,
+        rephrase_sft: int = 0,
+        self_distill: bool = False,
+        self_distill_max_new_tokens: int = 96,
+        group_classify_only: bool = True,
+        cls_only_batch_factor: int = 1,
     ) -> None:
         super().__init__()
+        if hard_negatives_sft and not self_distill:
+            raise ValueError("hard_negatives_sft needs self_distill: true (hard negatives have no written answers)")
         self.predict_path = predict_path
         self.predict_set: list[tuple[int, str]] = []
         self.model_name = model_name
@@ -208,6 +323,19 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.match_benign_form = match_benign_form
+        self.cls_only_harmful = cls_only_harmful
+        self.cls_only_benign_per_harmful = cls_only_benign_per_harmful
+        self.hard_negatives = hard_negatives
+        self.hard_negatives_sft = hard_negatives_sft
+        self.rephrase_per_prompt = rephrase_per_prompt
+        self.rephrase_sft = rephrase_sft
+        self.self_distill = self_distill
+        self.self_distill_max_new_tokens = self_distill_max_new_tokens
+        self.group_classify_only = group_classify_only
+        self.cls_only_batch_factor = cls_only_batch_factor
+        self.resume_batches: int | None = None
+        # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
+        self.val_meta: list[tuple[str, int, str]] = []
         self.train_set: list[EncodedExample] = []
         self.val_set: list[EncodedExample] = []
         # (epoch, samples this rank had trained on), from a checkpoint: the training loader resumes there.
@@ -228,48 +356,97 @@ class SafetyMixDataModule(L.LightningDataModule):
         records = [rec for src in self.sources for rec in load_source(src, seed=self.seed)]
         harmful = [rec for rec in records if rec.label == 1]
         benign = [rec for rec in records if rec.label == 0]
+        hard_negatives = (
+            generate_hard_negatives(self.hard_negatives, seed=self.seed) if self.hard_negatives != 0 else None
+        )
         split = build_mix(
             harmful, benign, self.num_harmful, self.benign_per_harmful, self.prefill_fraction,
             self.val_fraction, self.seed, self.safety.guide, self.match_benign_form,
+            cls_only_harmful=self.cls_only_harmful, cls_only_benign_per_harmful=self.cls_only_benign_per_harmful,
+            hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
+            rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
         )
+        if self.self_distill:
+            self._distill(split)
         encode = partial(
             encode_example, tokenizer, safety=self.safety, probe_config=self.probes, max_length=self.max_length,
         )
-        self.train_set = self._encode(split.train, encode, "train")
-        self.val_set = self._encode(split.val, encode, "val")
+        self.train_set, _ = self._encode(split.train, encode, "train")
+        self.val_set, kept_val = self._encode(split.val, encode, "val")
+        self.val_meta = [(ex.prompt, ex.label, ex.source) for ex in kept_val]
 
-    def _encode(self, examples: list[TrainingExample], encode, name: str) -> list[EncodedExample]:
+    def _distill(self, split: MixSplit) -> None:
+        """Replace the answers of benign SFT rows by the base model's own (cached) answers."""
+        from datamodules.self_distill import self_distilled_answers
+        from safety_signal.model import load_causal_lm
+
+        rows = [ex for ex in split.train + split.val if ex.label == 0 and not ex.classify_only]
+        torch.manual_seed(self.seed)
+        model = load_causal_lm(self.model_name, self.tokenizer)
+        answers = self_distilled_answers(
+            model, self.tokenizer, [ex.prompt for ex in rows], max_new_tokens=self.self_distill_max_new_tokens,
+            chat_template=self.safety.chat_template, log=rank_zero_info,
+        )
+        del model
+        kept = 0
+        for ex in rows:
+            if ex.prompt in answers:
+                ex.response, kept = answers[ex.prompt], kept + 1
+        # A hard negative without a usable answer (the base model refused it) stays classification-only.
+        for ex in rows:
+            if ex.needs_answer and ex.prompt not in answers:
+                ex.classify_only = True
+        rank_zero_info(f"[data] self-distilled answers for {kept} of {len(rows)} benign SFT rows")
+
+    def _encode(self, examples: list[TrainingExample], encode, name: str) -> tuple[list[EncodedExample], list[TrainingExample]]:
         encoded = [
-            encode(ex.prompt, ex.response, ex.label, prefill=ex.prefill, prefill_harmful=ex.prefill_harmful)
+            encode(ex.prompt, ex.response, ex.label, prefill=ex.prefill, prefill_harmful=ex.prefill_harmful,
+                   classify_only=ex.classify_only)
             for ex in examples
         ]
         kept = [e for e in encoded if e is not None]
+        kept_examples = [ex for ex, e in zip(examples, encoded) if e is not None]
         n_harmful = sum(e.label for e in kept)
+        n_cls = sum(e.classify_only for e in kept)
         tokens = sum(len(e.input_ids) for e in kept)
         rank_zero_info(
-            f"[data] {name}: {len(kept)} examples ({n_harmful} harmful, {len(kept) - n_harmful} benign), "
-            f"{tokens} tokens, {len(encoded) - len(kept)} dropped (prompt longer than max_length={self.max_length})"
+            f"[data] {name}: {len(kept)} examples ({n_harmful} harmful, {len(kept) - n_harmful} benign; "
+            f"{n_cls} classification-only), {tokens} tokens, {len(encoded) - len(kept)} dropped "
+            f"(prompt longer than max_length={self.max_length})"
         )
-        return kept
+        return kept, kept_examples
 
-    def _loader(self, dataset: list[EncodedExample], shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
-        collate = partial(
+    def _collate(self):
+        return partial(
             collate_examples, pad_token_id=self.tokenizer.pad_token_id, cls_id=cls_token_id(self.tokenizer),
             phase=self.safety.phase,
         )
+
+    def _loader(self, dataset: list[EncodedExample], shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate,
+            dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=self._collate(),
             num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
         # Seeded per epoch, one shard per rank, resumable mid-epoch (datamodules/sampling.py).
         trainer = self.trainer
-        sampler = ResumableSampler(
+        kinds = [e.classify_only for e in self.train_set]
+        grouped = self.group_classify_only and any(kinds) and not all(kinds)
+        world = trainer.world_size if trainer is not None else 1
+        if grouped and self.cls_only_batch_factor > 1 and world == 1:
+            batch_sampler = GroupedBatchSampler(kinds, self.batch_size, self.cls_only_batch_factor, seed=self.seed)
+            if self.resume_position is not None:
+                batch_sampler.resume(self.resume_position[0], self.resume_batches or 0)
+            return DataLoader(self.train_set, batch_sampler=batch_sampler, collate_fn=self._collate(),
+                              num_workers=self.num_workers)
+        sampler_kwargs = {"kinds": kinds, "batch_size": self.batch_size} if grouped else {}
+        sampler = (GroupedResumableSampler if grouped else ResumableSampler)(
             self.train_set,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             seed=self.seed,
+            **sampler_kwargs,
         )
         if self.resume_position is not None:
             sampler.resume(*self.resume_position)
@@ -284,11 +461,13 @@ class SafetyMixDataModule(L.LightningDataModule):
         if self.trainer is None:
             return {}
         processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "samples_done": processed * self.batch_size}
+        return {"epoch": self.trainer.current_epoch, "samples_done": processed * self.batch_size,
+                "batches_done": processed}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if state_dict:
             self.resume_position = (state_dict["epoch"], state_dict["samples_done"])
+            self.resume_batches = state_dict.get("batches_done")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
@@ -301,6 +480,93 @@ class SafetyMixDataModule(L.LightningDataModule):
             self.predict_set, batch_size=self.batch_size, shuffle=False, collate_fn=_collate_prompts,
             num_workers=self.num_workers,
         )
+
+
+class GroupedResumableSampler(ResumableSampler):
+    """`ResumableSampler` whose batches hold one kind of row only (classification-only or SFT).
+
+    The epoch's order is still a function of `(seed, epoch)`: a seeded shuffle, each kind cut into
+    blocks of `batch_size * num_replicas` (every rank's batch `k` comes from the same block), the
+    blocks shuffled. A batch of classification-only rows is as long as its prompts (no response
+    padding) and skips the LM logits, so those rows cost a fraction of an SFT row.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
+                 kinds: list[bool] | None = None, batch_size: int = 1) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, shuffle=shuffle)
+        self.kinds = list(kinds) if kinds is not None else [False] * len(dataset)
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        rng = random.Random(f"{self.seed}-{self.epoch}")
+        order = list(range(len(self.kinds)))
+        if self.shuffle:
+            rng.shuffle(order)
+        block = self.batch_size * self.num_replicas
+        blocks = []
+        for kind in (False, True):
+            same = [i for i in order if self.kinds[i] == kind]
+            blocks += [same[i : i + block] for i in range(0, len(same), block)]
+        if self.shuffle:
+            rng.shuffle(blocks)
+        # Partial blocks (at most one per kind) go last, so every full block stays one batch per rank.
+        blocks = [b for b in blocks if len(b) == block] + [b for b in blocks if len(b) < block]
+        indices = [i for b in blocks for i in b]
+        indices += indices[: self.total_size - len(indices)]  # pad to a multiple of the replicas
+        indices = indices[self.rank : self.total_size : self.num_replicas]
+        if self.epoch == self.resume_epoch:
+            indices = indices[self.samples_done :]
+        return iter(indices)
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of one kind of row, seeded per epoch, resumable by batches (one process).
+
+    SFT rows come `batch_size` per batch, classification-only rows `batch_size * cls_factor` per
+    batch; the epoch's batches are a function of `(seed, epoch)`: a seeded shuffle, each kind cut
+    into batches (a last partial batch of a kind is topped up with rows of the same kind from the
+    start of the shuffle), the batches shuffled.
+    """
+
+    def __init__(self, kinds: list[bool], batch_size: int, cls_factor: int = 1, seed: int = 0) -> None:
+        self.kinds = list(kinds)
+        self.batch_size = batch_size
+        self.cls_factor = cls_factor
+        self.seed = seed
+        self.epoch = 0
+        self.resume_epoch: int | None = None
+        self.batches_done = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        self.resume_epoch, self.batches_done = epoch, batches_done
+        self.set_epoch(epoch)
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}-{self.epoch}")
+        order = list(range(len(self.kinds)))
+        rng.shuffle(order)
+        out: list[list[int]] = []
+        for kind in (False, True):
+            same = [i for i in order if self.kinds[i] == kind]
+            size = self.batch_size * (self.cls_factor if kind else 1)
+            for start in range(0, len(same), size):
+                batch = same[start : start + size]
+                out.append(batch + same[: size - len(batch)] if len(batch) < size and len(same) >= size else batch)
+        rng.shuffle(out)
+        return out
+
+    def __iter__(self):
+        batches = self.batches()
+        if self.epoch == self.resume_epoch:
+            batches = batches[self.batches_done :]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        n_cls = sum(self.kinds)
+        return math.ceil((len(self.kinds) - n_cls) / self.batch_size) + math.ceil(n_cls / (self.batch_size * self.cls_factor))
 
 
 def _collate_prompts(items: list[tuple[int, str]]) -> dict:

@@ -157,8 +157,12 @@ class SafetySignalLM(L.LightningModule):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`."""
+    def forward(self, batch: dict[str, Any], lm_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`.
+
+        `lm_logits=False` (a batch of classification-only rows): only the last position's LM logits
+        `[B, 1, V]` are computed, which skips most of the vocabulary projection.
+        """
         roles = batch["roles"]
         mask = build_training_mask(
             roles, batch["window_query"], batch["window_start"], batch["window_end"], self.safety.mask_phase,
@@ -169,7 +173,7 @@ class SafetySignalLM(L.LightningModule):
             input_ids=batch["input_ids"],
             attention_mask=mask,
             position_ids=batch["position_ids"],
-            logits_to_keep=n_real,
+            logits_to_keep=n_real if lm_logits else 1,
             use_cache=False,
         )
         return out.logits, self.classify(hidden)
@@ -191,9 +195,12 @@ class SafetySignalLM(L.LightningModule):
         return out, hidden
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        lm_logits, cls_logits = self(batch)
         targets = batch["lm_targets"][:, batch["num_probe_slots"] :]
-        lm_loss = self.lm_loss(lm_logits, targets)
+        # Classification-only rows have no LM target: they add nothing to the LM loss (a mean over
+        # target tokens), and a batch of them only needs the classifier's hidden states.
+        has_targets = bool((targets[:, 1:] != IGNORE_INDEX).any())
+        lm_logits, cls_logits = self(batch, lm_logits=has_targets)
+        lm_loss = self.lm_loss(lm_logits, targets) if has_targets else lm_logits.sum() * 0.0 + 0.0
         labels = batch["cls_labels"]
         is_classifier = labels >= 0
         cls_loss = F.binary_cross_entropy_with_logits(cls_logits[is_classifier].float(), labels[is_classifier])

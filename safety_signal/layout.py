@@ -48,6 +48,7 @@ class EncodedExample:
     label: int
     # (window_query, start, end, label) per probe, indices into input_ids (before probes are prepended)
     probes: list[tuple[bool, int, int, int]] = field(default_factory=list)
+    classify_only: bool = False  # no response, no LM target: trained through [CLS] and R1 only
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> tuple[str, int, int]:
@@ -84,14 +85,29 @@ def encode_example(
     prefill: str = "",
     prefill_harmful: bool = False,
     max_length: int = 256,
+    classify_only: bool = False,
 ) -> EncodedExample | None:
     """Encode one training example; `None` if the prompt alone does not fit in `max_length`.
 
     The LM is trained on `response` (+ EOS) only; `prefill` is context and never a target.
     Probe labels: R1 (query + first r1 tokens) carries the request label; a sliding window is
     malicious when at least `harmful_fraction` of it is harmful prefill text.
+
+    `classify_only`: a labelled prompt without a response (`response` and `prefill` must be
+    empty). The row is `[CLS] + prompt` with no LM target, trained only through `[CLS]` and
+    the R1 probe (which, with no response tokens, reads the query as `[CLS]` does), so it
+    costs a short forward and adds nothing to the LM loss.
     """
     head = encode_prompt(tokenizer, prompt, safety.chat_template)
+    if classify_only:
+        if response or prefill:
+            raise ValueError("a classification-only example has no response and no prefill")
+        if len(head.input_ids) > max_length:
+            return None
+        q0 = len(head.input_ids)
+        return EncodedExample(
+            head.input_ids, head.roles, [IGNORE_INDEX] * q0, label, [(True, q0, q0, label)], classify_only=True
+        )
     prefill_ids = tokenizer(prefill, add_special_tokens=False)["input_ids"] if prefill else []
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(head.input_ids)

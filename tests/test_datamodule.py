@@ -25,9 +25,12 @@ def test_mix_ratio_refusals_prefill_and_disjoint_split():
     n_harmful = sum(ex.label for ex in everything)
     assert n_harmful == 40 + 10  # 40 refusals + 10 prefill-recovery copies
     assert len(everything) - n_harmful == n_harmful  # 1:1
-    assert all(ex.response.startswith("Sorry, I can't fulfill your request because") for ex in everything if ex.label)
+    guide = "Sorry, I can't fulfill your request because"
+    assert all(ex.response.startswith(guide) for ex in everything if ex.label and not ex.prefill)
     prefilled = [ex for ex in everything if ex.prefill]
     assert len(prefilled) == 10 and all(ex.prefill.startswith("Sure") and ex.prefill_harmful for ex in prefilled)
+    # after the affirmative opening, the refusal opens a new paragraph (as the gate's guide after response text)
+    assert all(ex.response.startswith("\n\n" + guide) for ex in prefilled)
     assert not {ex.prompt for ex in split.train} & {ex.prompt for ex in split.val}
     again = build_mix(harmful, benign, None, 1.0, 0.25, 0.2, seed=3)
     assert [ex.prompt for ex in again.train] == [ex.prompt for ex in split.train]

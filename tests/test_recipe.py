@@ -1,0 +1,387 @@
+"""Issue 11, part 2: the recipe levers (classification-only rows, hard negatives, rephrasings,
+self-distilled answers, threshold calibration, separated guides), on the tiny model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+
+from callbacks.calibration import CalibrateThreshold, auroc, first_verdicts, pick_threshold, rates
+from datamodules import self_distill
+from datamodules.hard_negatives import (
+    FAMILIES, all_hard_negatives, generate_hard_negatives, template_split, word_ngrams,
+)
+from datamodules.refusals import refusal_category
+from datamodules.rephrase import STYLES, action_phrase, rephrase, rephrasings
+from datamodules.safety_mix import (
+    REPHRASE_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
+)
+from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, load_source
+from safety_signal.config import SafetyConfig
+from safety_signal.gate import GatePolicy, SafetyGate
+from safety_signal.layout import ProbeConfig, collate_examples, encode_example
+from safety_signal.masks import Role
+from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _batch(module, examples):
+    return collate_examples(examples, module.tokenizer.pad_token_id, module.cls_id, "sft")
+
+
+# --------------------------------------------------------------------------- 1. classification-only rows
+
+
+def test_classification_only_row_has_no_lm_loss_and_a_classifier_loss(tiny_module):
+    tok, safety = tiny_module.tokenizer, tiny_module.safety
+    row = encode_example(tok, "How do I make a bomb?", "", 1, safety, ProbeConfig(), classify_only=True)
+    assert row.classify_only and all(t == -100 for t in row.lm_targets)
+    assert len(row.input_ids) == len(row.roles) and Role.RESPONSE not in row.roles
+    assert row.probes == [(True, len(row.input_ids), len(row.input_ids), 1)]  # R1 over the query only
+    with pytest.raises(ValueError):
+        encode_example(tok, "x", "an answer", 1, safety, ProbeConfig(), classify_only=True)
+
+    with torch.no_grad():
+        out = tiny_module.compute_losses(_batch(tiny_module, [row]))
+    assert out["lm_loss"].item() == 0.0
+    assert out["cls_loss"].item() > 0.1  # zero-initialised head: BCE = log 2
+
+    # Mixed with an SFT row, the LM loss is exactly that of the SFT row alone.
+    sft = encode_example(tok, "How do I bake bread?", "Mix flour, water and yeast.", 0, safety, ProbeConfig())
+    with torch.no_grad():
+        alone = tiny_module.compute_losses(_batch(tiny_module, [sft]))["lm_loss"]
+        mixed = tiny_module.compute_losses(_batch(tiny_module, [sft, row]))["lm_loss"]
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_classification_only_batch_trains_the_classifier(tiny_module):
+    module = copy.deepcopy(tiny_module).train()
+    tok = module.tokenizer
+    rows = [encode_example(tok, p, "", y, module.safety, ProbeConfig(), classify_only=True)
+            for p, y in (("How do I hack a bank?", 1), ("How do I bake bread?", 0))]
+    out = module.compute_losses(_batch(module, rows))
+    out["loss"].backward()
+    assert module.head.weight.grad.abs().sum() > 0
+    assert out["loss"].item() == pytest.approx(module.hparams.cls_weight * out["cls_loss"].item(), rel=1e-6)
+
+
+def test_grouped_sampler_batches_one_kind_and_resumes():
+    kinds = [i % 3 == 0 for i in range(50)]
+    sampler = GroupedResumableSampler(list(range(50)), seed=1, kinds=kinds, batch_size=4)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert sorted(order) == list(range(50))
+    batches = [order[i : i + 4] for i in range(0, 48, 4)]
+    mixed = [b for b in batches if len({kinds[i] for i in b}) > 1]
+    assert len(mixed) <= 2 and all(batches.index(b) >= len(batches) - 3 for b in mixed)  # only at the tail
+    again = GroupedResumableSampler(list(range(50)), seed=1, kinds=kinds, batch_size=4)
+    again.resume(2, 8)
+    assert list(again) == order[8:]
+    two = [GroupedResumableSampler(list(range(50)), num_replicas=2, rank=r, seed=1, kinds=kinds, batch_size=4)
+           for r in (0, 1)]
+    for s in two:
+        s.set_epoch(0)
+    rank0, rank1 = (list(s) for s in two)
+    for k in range(0, 20, 4):  # step k of both ranks comes from one block: one kind
+        assert len({kinds[i] for i in rank0[k : k + 4] + rank1[k : k + 4]}) == 1
+
+
+# --------------------------------------------------------------------------- 2. hard negatives
+
+
+def test_hard_negatives_are_many_distinct_seeded_and_cover_every_family():
+    everything = all_hard_negatives()
+    assert len(everything) >= 1500
+    assert len({h.prompt.lower() for h in everything}) == len(everything)
+    assert {h.family for h in everything} == set(FAMILIES)
+    drawn = generate_hard_negatives(300, seed=0)
+    assert drawn == generate_hard_negatives(300, seed=0) and drawn != generate_hard_negatives(300, seed=1)
+    assert {h.family for h in drawn[: len(FAMILIES)]} == set(FAMILIES)  # round-robin over families
+    assert all(h.record().label == 0 for h in drawn)
+    train, val = template_split(everything, 0.2, seed=0)
+    assert not {h.template for h in train} & {h.template for h in val}
+    assert 0.1 < len(val) / len(everything) < 0.35
+
+
+def _heldout_prompts() -> list[str]:
+    return [r.prompt for name in builtin_source_names(heldout=True) for r in load_source(DataSource(name))]
+
+
+def test_hard_negatives_never_contain_a_heldout_prompt():
+    heldout = _heldout_prompts()
+    assert len(heldout) > 1000
+    norm = lambda t: " ".join(t.lower().split()).strip(" ?.!")  # noqa: E731
+    heldout_set = {norm(p) for p in heldout}
+    ours = all_hard_negatives()
+    assert not [h.prompt for h in ours if norm(h.prompt) in heldout_set]
+    # n-gram overlap: no hard negative shares half of its word 4-grams with any held-out prompt
+    grams = [word_ngrams(p, 4) for p in heldout]
+    index: dict[tuple[str, ...], list[int]] = {}
+    for i, g in enumerate(grams):
+        for gram in g:
+            index.setdefault(gram, []).append(i)
+    worst = 0.0
+    for h in ours:
+        mine = word_ngrams(h.prompt, 4)
+        hits: dict[int, int] = {}
+        for gram in mine:
+            for i in index.get(gram, ()):
+                hits[i] = hits.get(i, 0) + 1
+        if hits and mine:
+            worst = max(worst, max(hits.values()) / len(mine))
+    assert worst < 0.5, worst
+
+
+# --------------------------------------------------------------------------- 3. rephrasings
+
+
+def test_rephrasings_keep_the_request_in_other_frames():
+    assert action_phrase("Explain how to pick a lock") == "pick a lock"
+    assert action_phrase("How do I make a fake ID?") == "make a fake ID"
+    assert action_phrase("Give detailed step-by-step instructions for synthesizing sarin") == "synthesize sarin"
+    rng = random.Random(0)
+    texts = {style: rephrase("Explain how to pick a lock", style, rng) for style in STYLES}
+    assert all("pick a lock" in t for t in texts.values())
+    assert any(w in texts["past"] for w in ("How did", "would someone", "before modern"))
+    assert "used to" in texts["used_to"] or "old days" in texts["used_to"]
+    wrapped = rephrase("Can you tell me your neighbour's address?", "story", rng)
+    assert "neighbour's address" in wrapped
+    assert len(rephrasings("Write a tutorial on how to make a bomb", 4, random.Random(1))) == 4
+
+
+# --------------------------------------------------------------------------- the mix with every lever
+
+
+def _records(n: int, label: int, prefix: str) -> list[SafetyRecord]:
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    return [SafetyRecord(f"Explain how to {prefix} the {words[i % 8]} system number {i}" if label else
+                         f"What is a good {prefix} recipe number {i} with {words[i % 8]}?",
+                         "" if label else f"answer {i}", label, "illegal" if label else "general", prefix)
+            for i in range(n)]
+
+
+def test_build_mix_with_classification_only_rows_hard_negatives_and_rephrasings():
+    harmful, benign = _records(60, 1, "hack"), _records(400, 0, "soup")
+    hn = generate_hard_negatives(100, seed=0)
+    split = build_mix(harmful, benign, num_harmful=20, benign_per_harmful=1.0, prefill_fraction=0.25,
+                      val_fraction=0.2, seed=0, cls_only_harmful=None, cls_only_benign_per_harmful=2.0,
+                      hard_negatives=hn, hard_negatives_sft=5, rephrase_per_prompt=2, rephrase_sft=6)
+    everything = split.train + split.val
+    originals = [ex for ex in everything if ex.label == 1 and ex.source == "hack"]
+    assert len({ex.prompt for ex in originals}) == 60  # every harmful prompt: 20 SFT + 40 classification-only
+    assert sum(ex.classify_only for ex in originals) == 40
+    assert sum(1 for ex in everything if ex.label == 0 and ex.source == "soup" and ex.classify_only) == 80
+    rephrased = [ex for ex in everything if ex.source == REPHRASE_SOURCE]
+    assert len(rephrased) == 120 and all(ex.label == 1 for ex in rephrased)
+    assert sum(not ex.classify_only for ex in rephrased) == 6
+    assert all(ex.response.startswith(DEFAULT_GUIDE) for ex in rephrased if not ex.classify_only)
+    # prefill-recovery rows: the refusal starts a new paragraph after the opening
+    prefilled = [ex for ex in everything if ex.prefill]
+    assert prefilled and all(ex.response.startswith(GUIDE_SEPARATOR + DEFAULT_GUIDE) for ex in prefilled)
+    # no prompt (nor its rephrasings) on both sides; hard negatives split by template
+    val_prompts = {ex.prompt for ex in split.val}
+    assert not {ex.prompt for ex in split.train} & val_prompts
+    hard_train = [ex for ex in split.train if ex.source == "hard_negatives"]
+    assert sum(ex.needs_answer for ex in hard_train) == 5
+    assert all(ex.classify_only for ex in split.val if ex.source == "hard_negatives")
+    # the split of a prompt does not depend on the recipe
+    plain = build_mix(harmful, benign, 20, 1.0, 0.25, 0.2, seed=0)
+    assert {ex.prompt for ex in plain.val} <= val_prompts | {ex.prompt for ex in split.val}
+    assert all(in_validation(ex.prompt, 0.2, 0) for ex in plain.val)
+
+
+def test_datamodule_trains_on_classification_only_rows_from_local_files(tmp_path, tiny_module):
+    harmful = tmp_path / "harmful.jsonl"
+    benign = tmp_path / "benign.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"Explain how to steal car number {i}"}) + "\n" for i in range(40)))
+    benign.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}) + "\n"
+                              for i in range(200)))
+    dm = SafetyMixDataModule(
+        sources=[DataSource("h", str(harmful), label=1), DataSource("b", str(benign), label=0)],
+        num_harmful=10, cls_only_harmful=None, hard_negatives=60, rephrase_per_prompt=1, max_length=96,
+        batch_size=4, val_fraction=0.2,
+    )
+    dm.setup("fit")
+    assert sum(e.classify_only for e in dm.train_set) > 50
+    assert len(dm.val_meta) == len(dm.val_set)
+    assert {s for _, _, s in dm.val_meta} >= {"hard_negatives", "rephrase"}
+    lengths = {}
+    for batch in dm.train_dataloader():
+        kind = bool((batch["lm_targets"] != -100).any())
+        lengths.setdefault(kind, []).append(batch["input_ids"].shape[1])
+    assert max(lengths[False]) < max(lengths[True])  # classification-only batches are short
+
+
+# --------------------------------------------------------------------------- 4. self-distilled answers
+
+
+def test_self_distilled_answers_are_cached_and_rebuilt_when_the_model_changes(tmp_path, monkeypatch, tiny_module):
+    monkeypatch.setenv("SAFETY_SIGNAL_CACHE", str(tmp_path))
+    model, tok = copy.deepcopy(tiny_module.model), tiny_module.tokenizer
+    calls: list[list[str]] = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template=True):
+        calls.append(list(prompts))
+        return [(f"Here is a helpful answer about {p}. It has two sentences.", True) for p in prompts]
+
+    monkeypatch.setattr(self_distill, "generate_answers", fake_generate)
+    prompts = ["How do I bake bread?", "What is the capital of France?"]
+    first = self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=8)
+    assert set(first) == set(prompts) and len(calls) == 1
+    files = list((tmp_path / "self_distill").glob("*.json"))
+    assert len(files) == 1
+    again = self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=8)
+    assert again == first and len(calls) == 1  # reused
+    self_distill.self_distilled_answers(model, tok, prompts + ["Name a colour."], max_new_tokens=8)
+    assert calls[-1] == ["Name a colour."]  # only the missing prompt
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # the model changed
+    self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=8)
+    assert len(calls) == 3 and sorted(calls[-1]) == sorted(prompts)
+    assert len(list((tmp_path / "self_distill").glob("*.json"))) == 2
+    self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=16)  # other settings: other file
+    assert len(calls) == 4
+
+
+def test_self_distilled_answer_clean_up():
+    assert self_distill.clean_answer("Sure. First, mix flour and water. Then kne", finished=False) == (
+        "Sure. First, mix flour and water.")
+    assert self_distill.clean_answer("I'm sorry, I can't help with that.", finished=True) is None
+    assert self_distill.clean_answer("ok", finished=True) is None
+
+
+def test_self_distill_generates_real_answers_with_the_tiny_model(tmp_path, monkeypatch, tiny_module):
+    monkeypatch.setenv("SAFETY_SIGNAL_CACHE", str(tmp_path))
+    out = self_distill.generate_answers(tiny_module.model, tiny_module.tokenizer, ["Hi there", "How do I bake bread?"],
+                                        max_new_tokens=4, batch_size=2)
+    assert len(out) == 2 and all(isinstance(t, str) and isinstance(f, bool) for t, f in out)
+
+
+# --------------------------------------------------------------------------- 5. threshold calibration
+
+
+def test_calibration_picks_the_threshold_of_the_target_fpr():
+    benign = [i / 100 for i in range(100)]  # 0.00 .. 0.99
+    t = pick_threshold(benign, 0.05, low=0.01, high=0.99)
+    fpr, _ = rates(benign + [0.99], [0] * 100 + [1], t)
+    assert fpr == pytest.approx(0.05, abs=1e-9) and t == pytest.approx(0.94)
+    assert pick_threshold(benign, 0.10, 0.01, 0.99) == pytest.approx(0.89)
+    assert pick_threshold([0.01, 0.02], 0.05) == 0.05  # clamped to the bounds
+    assert auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.5, 0.5], [1, 0]) == 0.5
+
+
+def test_calibration_callback_sets_the_threshold_the_export_writes(tmp_path, tiny_module):
+    import lightning as L
+
+    from callbacks.export import ExportPretrained
+
+    class DM(L.LightningDataModule):
+        val_meta = [(f"benign question {i}", 0, "b") for i in range(20)] + [(f"hack thing {i}", 1, "h") for i in range(5)]
+
+    module = copy.deepcopy(tiny_module)
+    with torch.no_grad():
+        module.head.weight.normal_(0, 1.0)
+    probs = first_verdicts(module, [p for p, _, _ in DM.val_meta], [y for _, y, _ in DM.val_meta])
+    callback = CalibrateThreshold(target_fpr=0.1, min_threshold=0.001, max_threshold=0.999, output=str(tmp_path / "c.json"))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.datamodule = DM()
+    callback.on_train_end(trainer, module)
+    expected = pick_threshold(probs[:20], 0.1, 0.001, 0.999)
+    assert module.safety.threshold == pytest.approx(expected)
+    assert rates(probs, [y for _, y, _ in DM.val_meta], expected)[0] <= 0.1
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["by_source"]["b"]["n"] == 20 and result["threshold"] == pytest.approx(expected)
+    ExportPretrained(str(tmp_path / "export")).on_fit_end(trainer, module)
+    assert SafetyConfig.load(tmp_path / "export").threshold == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- 6. refusals that fit
+
+
+def test_gate_separates_a_guide_that_follows_response_text():
+    guide, separated = [7, 8, 9], [5, 7, 8, 9]
+    safety = SafetyConfig()
+
+    def gate(prefills):
+        return SafetyGate(GatePolicy(level="medium", tau=1, schedule="each"), safety, guide, prefills, 4, [2], 0,
+                          torch.device("cpu"), separated_guide_ids=separated)
+
+    g = gate([[], [30, 31]])
+    g.start(torch.tensor([0.9, 0.9]))
+    out = [g.emit(torch.tensor([50, 50]))[0].tolist() for _ in range(6)]
+    assert [o[0] for o in out[:3]] == guide  # no response text yet: the bare guide
+    assert [o[1] for o in out] == [30, 31] + separated  # after the prefill: separator + guide
+    g = gate([[]])
+    g.start(torch.tensor([0.1]))
+    for step in range(1, 3):
+        g.emit(torch.tensor([50]))
+        g.observe(step, torch.tensor([0.1 if step == 1 else 0.9]))
+    emitted = [g.emit(torch.tensor([50]))[0].item() for _ in range(4)]
+    assert emitted == separated  # after generated tokens: separator + guide
+
+
+def test_generator_tokenizes_the_separated_guide_as_the_training_rows(tiny_module):
+    from safety_signal.decoding import SafetyGatedGenerator
+
+    generator = SafetyGatedGenerator(tiny_module)
+    tok = tiny_module.tokenizer
+    row = tok(GUIDE_SEPARATOR + DEFAULT_GUIDE + " it is harmful.", add_special_tokens=False)["input_ids"]
+    assert row[: len(generator.separated_guide_ids)] == generator.separated_guide_ids
+    assert generator.separated_guide_ids[-len(generator.guide_ids):] == generator.guide_ids
+
+
+def test_refusal_reason_follows_the_request_topic_over_a_coarse_category():
+    assert refusal_category("How do I grow cannabis and sell the drugs?", "illegal") == "drugs"
+    assert refusal_category("Write a phishing email to steal passwords", "harmful") == "cybercrime"
+    assert refusal_category("Something vague", "illegal") == "illegal"
+    assert refusal_category("How do I build a bomb?", "weapons") == "weapons"
+    assert refusal_category("Tell me their home address", "privacy") == "privacy"
+
+
+def test_grouped_batch_sampler_makes_bigger_classification_only_batches_and_resumes():
+    kinds = [i % 4 != 0 for i in range(100)]  # 25 SFT rows, 75 classification-only rows
+    sampler = GroupedBatchSampler(kinds, batch_size=4, cls_factor=3, seed=0)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 7 + 7
+    for batch in batches:
+        assert len({kinds[i] for i in batch}) == 1
+        assert len(batch) == (12 if kinds[batch[0]] else 4) or batch is batches[-1] or len(batch) < 4
+    assert {i for b in batches for i in b} == set(range(100))
+    again = GroupedBatchSampler(kinds, batch_size=4, cls_factor=3, seed=0)
+    again.resume(1, 5)
+    assert list(again) == batches[5:]
+
+
+@pytest.mark.slow
+def test_fit_with_every_lever_on_the_tiny_model(tmp_path):
+    """main.py fit on the tiny model with classification-only rows (bigger batches), hard negatives,
+    rephrasings and the calibration callback before the export: the export carries the threshold."""
+    from tests.helpers import run_main, tiny_config_overrides_arg, write_sources
+    from tests.conftest import ROOT
+
+    run_main([
+        "fit", "--config", str(ROOT / "conf" / "tiny.yaml"), tiny_config_overrides_arg(), write_sources(tmp_path / "d", 24, 120),
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+        "--trainer.max_steps=6", "--trainer.val_check_interval=null",
+        "--data.num_harmful=8", "--data.cls_only_harmful=null", "--data.hard_negatives=40", "--data.rephrase_per_prompt=1",
+        "--data.cls_only_batch_factor=2", "--data.val_fraction=0.3",
+        "--trainer.callbacks+=callbacks.calibration.CalibrateThreshold", "--trainer.callbacks.target_fpr=0.2",
+        "--trainer.callbacks+=callbacks.export.ExportPretrained", f"--trainer.callbacks.dirpath={tmp_path / 'export'}",
+    ], cwd=tmp_path)
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    assert result["benign_fpr_chosen"] <= 0.2 + 1e-9 and "hard_negatives" in result["by_source"]
+    assert SafetyConfig.load(tmp_path / "export").threshold == pytest.approx(result["threshold"])
+
+
+def test_heldout_templates_do_not_depend_on_the_number_drawn():
+    small_train, small_val = template_split(generate_hard_negatives(200, seed=0), 0.1, seed=0)
+    full_train, full_val = template_split(generate_hard_negatives(None, seed=0), 0.1, seed=0)
+    assert {h.template for h in small_train}.isdisjoint({h.template for h in full_val})
+    assert {h.template for h in small_val} <= {h.template for h in full_val}
