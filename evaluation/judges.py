@@ -387,7 +387,7 @@ def judges_markdown(tables: dict[str, Any] | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from evaluation.attacks import write_text_atomic
+    from safety_signal.io import write_text_atomic
 
     parser = argparse.ArgumentParser(description="Measure the phrase judges on human-labelled files.")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "reports" / "judges.md"))

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 from jsonargparse import auto_cli, auto_parser
 
-from evaluation.attacks import default_answers_path, held_out_harmful, make_harmful_answers, write_text_atomic
+from evaluation.attacks import default_answers_path, held_out_harmful, make_harmful_answers
 from evaluation.judges import (
     GuardModelJudge, agreement_markdown, classifier_answer_probs, is_degenerate, judge_agreement_tables,
 )
@@ -50,6 +50,7 @@ from evaluation.suite import BENIGN_PREFIX, SafetySuite, SuiteConfig, response_r
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from safety_signal.decoding import Answer, DecodingConfig
 from safety_signal.gate import GatePolicy
+from safety_signal.io import write_text_atomic
 
 BASE, SFT, METHOD = "base model", "SFT baseline", "this method"
 # Ablations of the method as GatePolicy changes (documented in the report itself):
