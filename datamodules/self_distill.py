@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from safety_signal.layout import format_prompt, left_pad
-from safety_signal.model import cache_dir, cls_token_id
+from safety_signal.model import cache_dir, cls_token_id, eos_token_ids
 from safety_signal.refusal import is_refusal
 
 SELF_DISTILL_VERSION = 1  # bump when generation or clean-up changes, so old caches are not reused
@@ -75,8 +75,7 @@ def generate_answers(
     """Greedy answers `(text, finished with EOS)`, batched with left padding, longest prompts first."""
     was_training = model.training
     model.eval()
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos_ids = set(eos_token_ids(model, tokenizer))
     rows = [tokenizer(format_prompt(tokenizer, p, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(rows[i]))
     out: list[tuple[str, bool]] = [("", False)] * len(prompts)
