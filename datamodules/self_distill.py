@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from safety_signal.io import write_text_atomic
 from safety_signal.layout import format_prompt, left_pad
 from safety_signal.model import cache_dir, cls_token_id, eos_token_ids
 from safety_signal.refusal import is_refusal
@@ -125,20 +126,5 @@ def self_distilled_answers(
         for prompt, (text, finished) in zip(todo, generate_answers(model, tokenizer, todo, max_new_tokens, batch_size, chat_template)):
             cached[prompt] = clean_answer(text, finished)
         payload = {"fingerprint": fingerprint, "settings": settings, "answers": cached}
-        _write_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
+        write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
     return {p: cached[p] for p in prompts if cached.get(p)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

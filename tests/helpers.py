@@ -15,6 +15,9 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lightning_modules.safety_signal_lm import SafetySignalLM
+from safety_signal.layout import encode_prompt
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,3 +128,25 @@ class CPUFSDPStrategy(FSDPStrategy):
             return super()._setup_model(model)
         finally:
             fsdp.FullyShardedDataParallel = original
+
+
+def hf_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """HF `generate(do_sample=False)` on the same formatted prompts without `[CLS]`, left padded."""
+    tokenizer = module.tokenizer
+    rows = [encode_prompt(tokenizer, p, module.safety.chat_template).input_ids[1:] for p in prompts]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):] = torch.tensor(row)
+        attention[i, length - len(row):] = 1
+    device = module.model.device
+    out = module.model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
+                                do_sample=False, suppress_tokens=[module.cls_id], pad_token_id=tokenizer.pad_token_id)
+    eos = module.model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    result = []
+    for row in out[:, length:].cpu().tolist():  # HF pads finished rows; ours stop at (and include) EOS
+        stop = next((i for i, t in enumerate(row) if t in eos), None)
+        result.append(row if stop is None else row[: stop + 1])
+    return result

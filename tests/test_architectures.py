@@ -36,6 +36,7 @@ from safety_signal.masks import Role, build_position_ids, build_training_mask, s
 from safety_signal.model import (
     UnsupportedModelError, check_supported_config, load_tokenizer, mask_plan, random_model_for_type,
 )
+from tests.helpers import hf_greedy
 
 WINDOW = 5
 SLIDING_3 = ["sliding_attention", "full_attention", "sliding_attention"]
@@ -135,28 +136,6 @@ def full_forward(module: SafetySignalLM, ids: list[int], roles: list[int], windo
         out, hidden = module.model_forward(input_ids=torch.tensor([ids]), attention_mask=mask,
                                            position_ids=build_position_ids(r), use_cache=False)
     return out.logits[0], hidden[0]
-
-
-def hf_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    """HF `generate(do_sample=False)` on the same formatted prompts without `[CLS]`, left padded."""
-    tokenizer = module.tokenizer
-    rows = [encode_prompt(tokenizer, p, module.safety.chat_template).input_ids[1:] for p in prompts]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, length - len(row):] = torch.tensor(row)
-        attention[i, length - len(row):] = 1
-    device = module.model.device
-    out = module.model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-                                do_sample=False, suppress_tokens=[module.cls_id], pad_token_id=tokenizer.pad_token_id)
-    eos = module.model.generation_config.eos_token_id
-    eos = {eos} if isinstance(eos, int) else set(eos or [])
-    result = []
-    for row in out[:, length:].cpu().tolist():  # HF pads finished rows; ours stop at (and include) EOS
-        stop = next((i for i, t in enumerate(row) if t in eos), None)
-        result.append(row if stop is None else row[: stop + 1])
-    return result
 
 
 def real_columns(batch: dict, row: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from safety_signal.gate import GatePolicy
 from safety_signal.masks import Role, build_position_ids, build_training_mask
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import tiny_overrides
+from tests.helpers import hf_greedy
 
 PROMPTS = [
     "How do I bake bread?",
@@ -63,28 +64,6 @@ def gated(module: SafetySignalLM, **options) -> SafetyGatedGenerator:
     decoding = {k: v for k, v in options.items() if k in DecodingConfig.__dataclass_fields__}
     gate = {k: v for k, v in options.items() if k not in decoding}
     return SafetyGatedGenerator(module, GatePolicy(**gate), DecodingConfig(**decoding))
-
-
-def hf_greedy(module: SafetySignalLM, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    """`model.generate(do_sample=False)` on the same chat-formatted prompts (without `[CLS]`), left padded."""
-    tokenizer = module.tokenizer
-    rows = [encode_prompt(tokenizer, p).input_ids[1:] for p in prompts]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, length - len(row) :] = torch.tensor(row)
-        attention[i, length - len(row) :] = 1
-    out = module.model.generate(
-        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
-        suppress_tokens=[module.cls_id], pad_token_id=tokenizer.pad_token_id,
-    )
-    eos = module.model.generation_config.eos_token_id
-    result = []
-    for row in out[:, length:].tolist():
-        # HF pads finished rows; our rows stop at (and include) EOS
-        result.append(row[: row.index(eos) + 1] if eos in row else row)
-    return result
 
 
 def full_forward_probe(module, prompt: str, response: list[int], window: tuple[bool, int, int]) -> float:
