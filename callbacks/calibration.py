@@ -3,7 +3,7 @@
 The classifier's probabilities are not calibrated for a decision (a 135M model trained for a few
 hundred steps puts benign look-alikes at 0.6-0.9), so 0.5 is an arbitrary cut. `CalibrateThreshold`
 reads the `[CLS]` (first) verdict of every validation prompt once, picks the lowest threshold
-whose benign false-positive rate is at most `target_fpr`, stores it in `module.safety.threshold`
+(not below `min_threshold`, 0.5 by default) whose benign false-positive rate is at most `target_fpr`, stores it in `module.safety.threshold`
 (exported in `safety_config.json`, used by the generator unless `GatePolicy.threshold` is set),
 logs a figure of benign FPR (over-refusal) and harmful recall as the threshold moves, and writes
 `calibration.json` with the per-source numbers.
@@ -91,7 +91,11 @@ class CalibrateThreshold(L.Callback):
 
     Args:
         target_fpr: the share of benign validation prompts the first verdict may flag.
-        min_threshold / max_threshold: bounds of the chosen threshold.
+        min_threshold / max_threshold: bounds of the chosen threshold. The default floor 0.5 means the
+            calibration only ever *raises* the threshold (to meet the benign FPR target), never lowers it:
+            on the demo's validation split the classes separate so well that the 5% point sits at 0.06,
+            which flags more unseen chat prompts (7% vs 2% at 0.5, reports/recipe.md) for recall the
+            validation split cannot show is needed.
         apply: False measures and logs only (the threshold stays as configured).
         output: where to write the numbers (default `<default_root_dir>/calibration.json`).
         batch_size: prompts per forward.
@@ -101,7 +105,7 @@ class CalibrateThreshold(L.Callback):
     """
 
     def __init__(
-        self, target_fpr: float = 0.05, min_threshold: float = 0.05, max_threshold: float = 0.95, apply: bool = True,
+        self, target_fpr: float = 0.05, min_threshold: float = 0.5, max_threshold: float = 0.95, apply: bool = True,
         output: str | None = None, batch_size: int = 32,
     ) -> None:
         if not 0.0 <= target_fpr < 1.0:
