@@ -47,16 +47,16 @@ def test_sampler_resumes_only_the_interrupted_epoch():
 
 
 def fit_args(tmp_path: Path, run: str, *extra: str) -> list[str]:
-    """The tiny model, 36 training examples in batches of 4 (9 steps per epoch), 15 steps, a
-    checkpoint every 5 steps: a resume from step 10 is one batch into the second epoch."""
+    """The tiny model, 37 training examples in batches of 4 (10 steps per epoch), 16 steps, a
+    checkpoint every 4 steps: a resume from step 12 is two batches into the second epoch."""
     return [
         "fit", "--config", str(ROOT / "conf" / "tiny.yaml"), write_sources(tmp_path / "data"),
-        "--trainer.max_steps=15", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+        "--trainer.max_steps=16", "--trainer.limit_val_batches=0", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / run}",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.dirpath={tmp_path / run / 'checkpoints'}",
         "--trainer.callbacks.save_last=true", "--trainer.callbacks.save_top_k=0",
-        "--trainer.callbacks.every_n_train_steps=5",
+        "--trainer.callbacks.every_n_train_steps=4",
         *extra,
     ]
 
@@ -75,21 +75,21 @@ def fit_in_this_process(args: list[str]) -> None:
 def test_kill_9_then_resume_from_last_equals_an_uninterrupted_run(tmp_path):
     fit_in_this_process(fit_args(tmp_path, "reference"))
     killed = run_main(
-        fit_args(tmp_path, "killed", "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step=12"),
+        fit_args(tmp_path, "killed", "--trainer.callbacks+=tests.helpers.KillAtStep", "--trainer.callbacks.step=14"),
         cwd=tmp_path, check=False,
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     step_at_kill, _ = checkpoint_weights(last)
-    assert step_at_kill == 10
+    assert step_at_kill == 12
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["SafetyMixDataModule"] == {"epoch": 1, "samples_done": 4}  # mid-epoch: 1 of 9 batches
+    assert state["SafetyMixDataModule"] == {"epoch": 1, "samples_done": 8, "batches_done": 2}  # mid-epoch: 2 of 10
 
     fit_in_this_process(fit_args(tmp_path, "killed", "--ckpt_path=last"))
 
     ref_step, ref_weights = checkpoint_weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     step, weights = checkpoint_weights(last)
-    assert step == ref_step == 15
+    assert step == ref_step == 16
     assert_same_weights(weights, ref_weights)
 
 

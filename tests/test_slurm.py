@@ -131,7 +131,8 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_job(tmp_path):
 
     hpc = torch.load(run_a / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == 6  # saved mid-step: step 6's update is not in it
-    assert hpc["SafetyMixDataModule"] == {"epoch": 1, "samples_done": 4}  # 1 of 5 batches of epoch 2 on each rank
+    # 1 of 5 batches of epoch 2 on each rank
+    assert hpc["SafetyMixDataModule"] == {"epoch": 1, "samples_done": 4, "batches_done": 1}
 
     step_a, weights_a = checkpoint_weights(run_a / "checkpoints" / "last.ckpt")
     step_b, weights_b = checkpoint_weights(run_b / "checkpoints" / "last.ckpt")
