@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,8 +140,7 @@ class CalibrateThreshold(L.Callback):
         self.result["target_fpr"] = self.target_fpr
         self.result["applied"] = self.apply
         if self.apply:
-            pl_module.safety.threshold = threshold
-            pl_module.hparams.safety["threshold"] = threshold
+            pl_module.safety = replace(pl_module.safety, threshold=threshold)
         fpr, recall = rates(probs, labels, threshold)
         rank_zero_info(
             f"[calibration] threshold {before:.3f} -> {threshold:.3f}{'' if self.apply else ' (not applied)'}: "

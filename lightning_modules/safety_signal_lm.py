@@ -106,7 +106,6 @@ class SafetySignalLM(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(model_name, trust_remote_code)
         self.cls_id = cls_token_id(self.tokenizer)
-        self.safety = SafetyConfig.coerce(safety)
         self.model: nn.Module | None = None
         self.head: nn.Linear | None = None
         self._hidden: torch.Tensor | None = None
@@ -156,6 +155,15 @@ class SafetySignalLM(L.LightningModule):
         """Malicious logit(s) from final-normed hidden state(s) `[..., H]`."""
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
+    @property
+    def safety(self) -> SafetyConfig:
+        """The shared settings; their one home is `hparams.safety`, so checkpoints carry any change."""
+        return SafetyConfig.coerce(self.hparams.safety)
+
+    @safety.setter
+    def safety(self, value: SafetyConfig) -> None:
+        self.hparams.safety = SafetyConfig.coerce(value).to_dict()
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any], lm_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """LM logits of the real block `[B, T - P, V]` and classifier logits `[B, T]`.
@@ -196,11 +204,10 @@ class SafetySignalLM(L.LightningModule):
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         targets = batch["lm_targets"][:, batch["num_probe_slots"] :]
-        # Classification-only rows have no LM target: they add nothing to the LM loss (a mean over
-        # target tokens), and a batch of them only needs the classifier's hidden states.
-        has_targets = bool((targets[:, 1:] != IGNORE_INDEX).any())
-        lm_logits, cls_logits = self(batch, lm_logits=has_targets)
-        lm_loss = self.lm_loss(lm_logits, targets) if has_targets else lm_logits.sum() * 0.0 + 0.0
+        # A batch of classification-only rows has no LM target (known from the data, no host sync):
+        # it only needs the classifier's hidden states, and `lm_loss` gives it zero.
+        lm_logits, cls_logits = self(batch, lm_logits=not batch.get("classify_only", False))
+        lm_loss = self.lm_loss(lm_logits, targets)
         labels = batch["cls_labels"]
         is_classifier = labels >= 0
         cls_loss = F.binary_cross_entropy_with_logits(cls_logits[is_classifier].float(), labels[is_classifier])

@@ -195,6 +195,7 @@ def collate_examples(
         "window_end": window_end,
         "cls_labels": cls_labels,
         "num_probe_slots": n_probes,
+        "classify_only": all(e.classify_only for e in examples),
     }
 
 
