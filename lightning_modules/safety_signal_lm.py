@@ -109,6 +109,7 @@ class SafetySignalLM(L.LightningModule):
         self.model: nn.Module | None = None
         self.head: nn.Linear | None = None
         self._hidden: torch.Tensor | None = None
+        self._mask_plan = None  # how the model's layer types read a 4D mask (built with the model)
         self.train_metrics = _classifier_metrics("train/cls_")
         self.val_metrics = _classifier_metrics("val/cls_")
         self.val_probe_metrics = _classifier_metrics("val/probe_")
@@ -195,7 +196,7 @@ class SafetySignalLM(L.LightningModule):
         self._hidden = None
         mask = model_kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-            if getattr(self, "_mask_plan", None) is None:
+            if self._mask_plan is None:
                 self._mask_plan = mask_plan(self.model)
             model_kwargs["attention_mask"] = self._mask_plan.apply(mask)
         out = self.model(**model_kwargs)
