@@ -267,6 +267,10 @@ class SafetyMixDataModule(L.LightningDataModule):
         self_distill_max_new_tokens: length budget of a self-distilled answer.
         group_classify_only: batch classification-only rows together (seeded, resumable), so a batch of
             them is only as long as its prompts and skips the LM logits.
+        train_guide: whether the guide that opens a refusal is an LM target (the paper: yes). False:
+            it is context, as strategic decoding inserts it, and only the reason after it is learned,
+            so the LM never opens a refusal by itself and refusing is the classifier's call
+            (`safety_signal.layout.encode_example`; reports/recipe.md).
         cls_only_batch_factor: a batch of classification-only rows holds `batch_size * factor` rows (one
             process only; under DDP the factor is 1): the optimizer step and the fixed cost of a step are
             shared by more short rows.
@@ -298,6 +302,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self_distill_max_new_tokens: int = 96,
         group_classify_only: bool = True,
         cls_only_batch_factor: int = 1,
+        train_guide: bool = True,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -333,6 +338,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.self_distill_max_new_tokens = self_distill_max_new_tokens
         self.group_classify_only = group_classify_only
         self.cls_only_batch_factor = cls_only_batch_factor
+        self.train_guide = train_guide
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -370,6 +376,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             self._distill(split)
         encode = partial(
             encode_example, tokenizer, safety=self.safety, probe_config=self.probes, max_length=self.max_length,
+            train_guide=self.train_guide,
         )
         self.train_set, _ = self._encode(split.train, encode, "train")
         self.val_set, kept_val = self._encode(split.val, encode, "val")

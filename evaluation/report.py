@@ -412,6 +412,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(row(f"{attack}: intervened / mean tokens before the intervention", [
             "—" if r is None or not classifier[c] else f"{100 * r:.0f}% / {'—' if v is None else f'{v:.1f}'}"
             for c, r, v in zip(columns, rates, leaks)]))
+    fits = [metric(c, "reason_fit") for c in columns]
+    lines.append(row("refusals with the guide whose reason is the request's category (generic / like no "
+                     "training reason)", ["—" if f is None else f"{_cell(f)} ({f['generic']} / {f['other']})"
+                                          for f in fits]))
     probes = [metric(c, "probe_evaluations_per_token") for c in columns]
     lines.append(row("probe evaluations per response token", ["—" if p is None else f"{p:.2f}" for p in probes]))
 
@@ -494,7 +498,7 @@ def build_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The report's numbers in a stable shape for tools (`summary.json`): per column (`base`,
     `sft_baseline`, `method`, ablations) `{"auroc": x, "asr": {attack: {"rate", "k", "n", "ci95"}},
     "over_refusal": {set: {...}}}` plus `auroc_ci95`, `degenerate`, `per_category`, `judges`
-    (the second phrase judge's rates) and, for the method, `mcnemar` (vs each paired column). NaN: null."""
+    (the second phrase judge's rates), `reason_fit` and, for the method, `mcnemar` (vs each paired column). NaN: null."""
     paired = result.get("paired", {})
     out: dict[str, Any] = {}
     for name, column in result["columns"].items():
@@ -509,6 +513,7 @@ def build_summary(result: dict[str, Any]) -> dict[str, Any]:
             "per_category": {attack: _rates(rates) for attack, rates in (metrics.get("per_category") or {}).items()},
             "judges": {judge: {kind: _rates(rates) for kind, rates in tables.items()}
                        for judge, tables in (metrics.get("judges") or {}).items()},
+            "reason_fit": metrics.get("reason_fit"),
         }
         tests = {summary_key(pair.split(" vs ", 1)[1]): value for pair, value in paired.items()
                  if pair.split(" vs ", 1)[0] == name}

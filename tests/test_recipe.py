@@ -336,6 +336,31 @@ def test_generator_tokenizes_the_separated_guide_as_the_training_rows(tiny_modul
     assert generator.separated_guide_ids[-len(generator.guide_ids):] == generator.guide_ids
 
 
+def test_untrained_guide_is_context_tokenized_as_the_gate_inserts_it(tiny_module):
+    from safety_signal.decoding import SafetyGatedGenerator
+
+    generator = SafetyGatedGenerator(tiny_module)
+    tok, safety = tiny_module.tokenizer, tiny_module.safety
+    reason = " it asks for help hurting someone."
+    prompt_len = len(encode_example(tok, "Hurt him", "", 1, safety, ProbeConfig(), classify_only=True).input_ids)
+    reason_ids = tok(reason, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    for opening, guide_ids, prefill in ((DEFAULT_GUIDE, generator.guide_ids, ""),
+                                        (GUIDE_SEPARATOR + DEFAULT_GUIDE, generator.separated_guide_ids, "Sure, here")):
+        trained = encode_example(tok, "Hurt him", opening + reason, 1, safety, ProbeConfig(), prefill=prefill)
+        row = encode_example(tok, "Hurt him", opening + reason, 1, safety, ProbeConfig(), prefill=prefill,
+                             train_guide=False)
+        start = prompt_len + len(tok(prefill, add_special_tokens=False)["input_ids"] if prefill else [])
+        # The guide sits in the row exactly as strategic decoding inserts it, and is no LM target.
+        assert row.input_ids[start:start + len(guide_ids)] == guide_ids
+        assert row.lm_targets[start:start + len(guide_ids)] == [-100] * len(guide_ids)
+        # Only the reason (+ EOS) is learned; with the guide trained, the guide is a target too.
+        assert [t for t in row.lm_targets if t != -100] == reason_ids
+        assert len([t for t in trained.lm_targets if t != -100]) > len(reason_ids)
+    # A response that does not open with the guide (a benign answer) is learned whole either way.
+    benign = encode_example(tok, "Bake bread", "Mix flour and water.", 0, safety, ProbeConfig(), train_guide=False)
+    assert benign.lm_targets == encode_example(tok, "Bake bread", "Mix flour and water.", 0, safety, ProbeConfig()).lm_targets
+
+
 def test_refusal_reason_follows_the_request_topic_over_a_coarse_category():
     assert refusal_category("How do I grow cannabis and sell the drugs?", "illegal") == "drugs"
     assert refusal_category("Write a phishing email to steal passwords", "harmful") == "cybercrime"

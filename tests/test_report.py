@@ -189,7 +189,8 @@ def test_sft_baseline_module_never_attends_cls():
 def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
     """The report's SFT column is only a baseline if it saw the demo's data with the demo's optimiser:
     `main.py fit --config conf/demo.yaml --config conf/sft_baseline.yaml` through main.py's own parser
-    is the demo's configuration with the safety signal off and its own output folders, nothing else."""
+    is the demo's configuration with the safety signal off, the whole refusal (guide included) as LM
+    target (with no classifier the LM is what refuses) and its own output folders, nothing else."""
     import copy
 
     import yaml
@@ -203,9 +204,11 @@ def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
 
     demo, baseline = printed("demo.yaml"), printed("demo.yaml", "sft_baseline.yaml")
     assert demo["model"]["safety"]["use_cls"] is True and demo["model"]["cls_weight"] > 0
+    assert demo["data"]["train_guide"] is False
     expected = copy.deepcopy(demo)
     expected["model"]["safety"]["use_cls"] = False
     expected["model"]["cls_weight"] = 0.0
+    expected["data"]["train_guide"] = True
     expected["trainer"]["default_root_dir"] = expected["trainer"]["logger"]["init_args"]["save_dir"] = "runs/sft_baseline"
     for callback in expected["trainer"]["callbacks"]:
         if "dirpath" in callback["init_args"]:
@@ -261,6 +264,42 @@ def test_full_preset_takes_every_held_out_prompt(tiny_module):
     categories = {suite.harm_category(i) for i in range(len(suite.harmful))}
     assert "jailbreakbench: Malware/Hacking" in categories and "harmbench_test: chemical_biological" in categories
     assert len(categories) == 6 + 10  # HarmBench SemanticCategory (standard) + JBB Category
+
+
+def test_reason_fit_compares_the_stated_reason_with_the_request_category(tiny_module):
+    from datamodules.refusals import REASONS
+    from evaluation.judges import OTHER_REASON, stated_reason
+    from evaluation.suite import SafetySuite, SuiteConfig
+    from safety_signal.decoding import Answer
+    from safety_signal.refusal import DEFAULT_GUIDE
+
+    # Every training reason is recognised as its own category; a reason like none of them is "other".
+    for category, reasons in REASONS.items():
+        assert all(stated_reason(f"{DEFAULT_GUIDE} {r} More text.", DEFAULT_GUIDE) == category for r in reasons)
+    assert stated_reason(f"Sure.\n\n{DEFAULT_GUIDE} it asks for help with a legal or tax-related issue.",
+                         DEFAULT_GUIDE) == OTHER_REASON
+    assert stated_reason("I can't help with that.", DEFAULT_GUIDE) is None
+
+    suite = SafetySuite(SuiteConfig(harmful_sources=["jailbreakbench"], num_harmful=6, benign_sources=["alpaca_eval"],
+                                    num_benign=2, attacks=[{"kind": "direct"}]), tiny_module.tokenizer)
+    direct = {suite.harm_category(c.prompt_index).split(": ")[1]: i for i, c in enumerate(suite.cases)
+              if c.attack == "direct"}
+    assert {"Disinformation", "Fraud/Deception", "Expert advice"} <= set(direct)
+    reason = {"Disinformation": REASONS["misinformation"][1], "Fraud/Deception": REASONS["fraud"][0]}
+    responses = {}
+    for i, case in enumerate(suite.cases):
+        category = suite.harm_category(case.prompt_index).split(": ")[1] if case.attack == "direct" else None
+        if case.attack != "direct":  # benign cases never count, even with the guide
+            responses[i] = Answer(text=f"{DEFAULT_GUIDE} {REASONS['fraud'][0]}")
+        elif i == direct.get("Government decision-making"):  # no guide: not a gated refusal
+            responses[i] = Answer(text="Sure, here is how.")
+        elif i == direct["Expert advice"]:  # a reason like none of the training ones
+            responses[i] = Answer(text=f"{DEFAULT_GUIDE} it is a question about the weather.")
+        else:  # the right reason for two requests, a weapons reason (which fits none of the others)
+            responses[i] = Answer(text=f"{DEFAULT_GUIDE} {reason.get(category, REASONS['weapons'][0])}")
+    fit = suite.metrics(responses)["reason_fit"]
+    assert (fit["k"], fit["n"], fit["other"], fit["generic"]) == (2, 5, 1, 0)
+    assert fit["rate"] == pytest.approx(2 / 5)
 
 
 def test_summary_shape_from_a_hand_made_result():
