@@ -11,21 +11,24 @@ plain greedy decoding, and with the method's safety-gated decoding. Writes runs/
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from datamodules.sources import DataSource, load_source
 from evaluation.judges import is_refusal
-from evaluation.attacks import AttackCase
+from evaluation.attacks import AttackCase, held_out_benign, held_out_harmful
+from evaluation.suite import SuiteConfig
 from evaluation.runner import GatedResponder, PlainResponder
 from safety_signal.decoding import Answer, DecodingConfig
 from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from cli import cli_main
+
+
+HARMFUL_SOURCES = SuiteConfig().harmful_sources
+BENIGN_SOURCES = SuiteConfig().benign_sources
 
 
 @dataclass
@@ -36,14 +39,19 @@ class HeldOut:
 
 
 def held_out_prompts(per_source: int, seed: int = 0) -> HeldOut:
-    """A seeded sample of every held-out source (never used for training)."""
-    rng = random.Random(seed)
+    """`per_source` prompts of each held-out harmful and benign set (never used for training), drawn by
+    the report's own sampling (`evaluation.attacks.held_out_harmful` / `held_out_benign`): the report
+    with `--suite.num_harmful 2*per_source --suite.num_benign per_source` and the same seed asks these."""
     out = HeldOut([], [], [])
-    for name in ["harmbench_test", "jailbreakbench", "alpaca_eval", "rho_overrefusal"]:
-        records = load_source(DataSource(name))
-        for rec in rng.sample(records, per_source):
-            out.prompts.append(rec.prompt)
-            out.labels.append(rec.label)
+    harmful = held_out_harmful(HARMFUL_SOURCES, per_source * len(HARMFUL_SOURCES), seed)
+    for prompt in harmful:
+        out.prompts.append(prompt.prompt)
+        out.labels.append(1)
+        out.sources.append(prompt.source)
+    for name in BENIGN_SOURCES:
+        for prompt in held_out_benign(name, per_source, seed):
+            out.prompts.append(prompt)
+            out.labels.append(0)
             out.sources.append(name)
     return out
 

@@ -37,3 +37,16 @@ def test_demo_fit_then_skip_fit_give_the_same_trained_results(tmp_path):
     reloaded = (tmp_path / "report.md").read_text()
     assert trained_columns(fitted) == trained_columns(reloaded)
     assert "classifier accuracy on harmful / benign" in reloaded
+
+
+def test_demo_asks_the_prompts_the_report_asks(tiny_module):
+    """One held-out sampling: the demo's table and the report's suite with matching counts and seed
+    draw the same prompts."""
+    from evaluation.suite import SafetySuite, SuiteConfig
+
+    data = demo.held_out_prompts(3, seed=5)
+    suite = SafetySuite(SuiteConfig(num_harmful=6, num_benign=3, seed=5, attacks=[{"kind": "direct"}]),
+                        tiny_module.tokenizer)
+    assert [p for p, y in zip(data.prompts, data.labels) if y == 1] == [p.prompt for p in suite.harmful]
+    assert [p for p, y in zip(data.prompts, data.labels) if y == 0] == [p for ps in suite.benign.values() for p in ps]
+    assert data.sources == [p.source for p in suite.harmful] + [n for n, ps in suite.benign.items() for _ in ps]
