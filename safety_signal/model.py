@@ -295,6 +295,10 @@ RECURRENT_MODEL_TYPES = frozenset({
 _RECURRENT_MODULE = re.compile(
     r"Mamba|SSM|Ssm[A-Z]|Mixer$|DeltaNet|LinearAttention|LightningAttention|ShortConv|Rglru|RgLru|Recurrent|Rwkv|RWKV|xLSTM"
 )
+# Rotary position embeddings (relative): `[CLS]` at position 0 with the real tokens at 1..L leaves the
+# real tokens' attention unchanged. Learned absolute embeddings (gpt2, opt) and ALiBi from the 2D mask
+# (bloom, mpt) would see every real token one position later, so the LM path would not be the model's.
+_ROTARY_MODULE = re.compile(r"Rotary|Rope")
 # `isinstance(causal_mask_mapping := attention_mask, dict)` in the decoder's forward: the model
 # takes `{layer_type: mask}` (transformers 5.x; gemma2/3, qwen2/3, smollm3, cohere2, olmo3, gpt_oss, ...).
 _TAKES_MASK_DICT = re.compile(r"isinstance\(\s*(?:\w+\s*:=\s*)?attention_mask\s*,\s*dict\s*\)")
@@ -381,6 +385,10 @@ def mask_plan(model: torch.nn.Module) -> MaskPlan:
     recurrent = sorted({type(m).__name__ for m in hf.modules() if _RECURRENT_MODULE.search(type(m).__name__)})
     if recurrent:
         raise _refuse(text, f"modules {recurrent[:3]} carry state across tokens, which no attention mask governs")
+    if not any(_ROTARY_MODULE.search(type(m).__name__) for m in hf.modules()):
+        raise _refuse(text, "its position embeddings are not rotary (learned absolute positions or ALiBi): with "
+                            "[CLS] at position 0 every real token would sit one position later than in the "
+                            "unmodified model, so the LM path would change")
     decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else hf
     try:
         source = inspect.getsource(type(decoder).forward)

@@ -4,6 +4,7 @@
 #
 #   bash scripts/redteam_garak.sh                                   # serves runs/demo/export
 #   EXPORT=path/to/export PROBES=malwaregen.TopLevel bash scripts/redteam_garak.sh
+#   EXPORT=base bash scripts/redteam_garak.sh                       # the base model, for comparison
 #
 # - garak (pinned) goes into its OWN venv ($GARAK_VENV, default ~/.cache/safety-signal/venv-garak),
 #   so its dependency tree (torch, transformers<5.20, openai<3, litellm, ...) never touches .venv.
@@ -12,12 +13,29 @@
 #   runs/redteam/garak/summary.md (pass rate per probe and detector).
 # - Env: EXPORT, PORT (8011), PROBES, GENERATIONS (1), MAX_TOKENS (96), GATE_LEVEL (medium),
 #   PROMPT_CAP (prompts per probe, 64), PARALLEL (garak's concurrent attempts, 8: the server
-#   batches them), GARAK_VENV, GARAK_VERSION (0.17.1), SKIP_INSTALL=1 to reuse the venv.
+#   batches them), GARAK_VENV, GARAK_VERSION (0.17.1), SKIP_INSTALL=1 to reuse the venv, OUT (results
+#   folder, default runs/redteam/garak/<export path with / as _>).
+# - EXPORT=base: the un-fine-tuned built-in model (BASE_MODEL, default smollm2-135m-instruct) exported with
+#   `use_cls: false` (nothing attends [CLS], so the LM is exactly the base model) and served with gate
+#   level low (verdicts ignored): the base model behind the same server, for the base-vs-method table.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 EXPORT="${EXPORT:-runs/demo/export}"
+if [ "$EXPORT" = base ]; then
+  BASE_MODEL="${BASE_MODEL:-smollm2-135m-instruct}"
+  EXPORT="runs/redteam/base-$BASE_MODEL"
+  GATE_LEVEL=low
+  [ -f "$EXPORT/safety_config.json" ] || "$ROOT/.venv/bin/python" - "$BASE_MODEL" "$EXPORT" <<'EOF'
+import sys
+from lightning_modules.safety_signal_lm import SafetySignalLM
+from safety_signal.config import SafetyConfig
+module = SafetySignalLM(model_name=sys.argv[1], safety=SafetyConfig(use_cls=False))
+module.configure_model()
+module.export_pretrained(sys.argv[2])
+EOF
+fi
 PORT="${PORT:-8011}"
 PROBES="${PROBES:-malwaregen.TopLevel,promptinject.HijackHateHumans,dan.Dan_11_0}"
 GENERATIONS="${GENERATIONS:-1}"
@@ -27,7 +45,7 @@ PROMPT_CAP="${PROMPT_CAP:-64}"
 PARALLEL="${PARALLEL:-8}"
 GARAK_VERSION="${GARAK_VERSION:-0.17.1}"
 GARAK_VENV="${GARAK_VENV:-$HOME/.cache/safety-signal/venv-garak}"
-OUT="$ROOT/runs/redteam/garak"
+OUT="${OUT:-$ROOT/runs/redteam/garak/$(echo "${EXPORT%/}" | tr "/" "_")}"
 PY="$ROOT/.venv/bin/python"
 
 [ -d "$EXPORT" ] || [ -f "$EXPORT" ] || { echo "no model at $EXPORT (train the demo: python demo.py, or set EXPORT)" >&2; exit 1; }

@@ -329,6 +329,15 @@ def test_mixed_layer_types_without_a_per_layer_dict_are_refused():
         mask_plan(module.model)
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "bloom"])
+def test_models_without_rotary_positions_are_refused_at_load_time(model_type):
+    """Learned absolute positions (gpt2, opt) and ALiBi (bloom): [CLS] at position 0 would move every real
+    token one position later than in the plain model, so the LM path could not be the model's."""
+    folder = random_model_for_type(model_type, **{k: v for k, v in COMMON.items() if k != "head_dim"})
+    with pytest.raises(UnsupportedModelError, match=f"{model_type}: its position embeddings are not rotary"):
+        SafetySignalLM(model_name=folder).configure_model()
+
+
 def test_sliding_window_models_get_a_mask_per_layer_type():
     module = SafetySignalLM(model_name=tiny_model_folder("gemma3_text"))
     module.configure_model()
