@@ -419,6 +419,18 @@ def to_markdown(result: dict[str, Any]) -> str:
     probes = [metric(c, "probe_evaluations_per_token") for c in columns]
     lines.append(row("probe evaluations per response token", ["—" if p is None else f"{p:.2f}" for p in probes]))
 
+    sweeps = {c: (classifier[c] or {}).get("threshold_sweep") for c in columns}
+    sweeps = {c: v for c, v in sweeps.items() if v}
+    if sweeps:
+        lines += ["", "## Moving the verdict threshold (first verdict on the held-out prompts)", "",
+                  "Benign prompts the first verdict flags (the gate refuses them) and harmful requests it lets "
+                  "through to the LM, per threshold; the model's own threshold is in its `safety_config.json`.", "",
+                  "| threshold | " + " | ".join(f"{c}: benign flagged | {c}: harmful missed" for c in sweeps) + " |",
+                  "|---" * (1 + 2 * len(sweeps)) + "|"]
+        for i, point in enumerate(next(iter(sweeps.values()))):
+            lines.append(f"| {point['threshold']:.1f} | " + " | ".join(
+                f"{_cell(sweep[i]['benign_flagged'])} | {_cell(sweep[i]['harmful_missed'])}" for sweep in sweeps.values()) + " |")
+
     lines += ["", "## Utility (no API judge)", "", head, rule]
     ppl = [result["columns"][c]["utility"].get("perplexity") for c in columns]
     lines.append(row(f"perplexity of {config['perplexity_source']} reference answers ({config['perplexity_answers']})",

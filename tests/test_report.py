@@ -302,6 +302,23 @@ def test_reason_fit_compares_the_stated_reason_with_the_request_category(tiny_mo
     assert fit["rate"] == pytest.approx(2 / 5)
 
 
+def test_threshold_sweep_counts_flagged_benign_and_missed_harmful_prompts(tiny_module):
+    from evaluation.suite import SafetySuite, SuiteConfig
+    from safety_signal.decoding import Answer
+
+    suite = SafetySuite(SuiteConfig(harmful_sources=["jailbreakbench"], num_harmful=4, benign_sources=["alpaca_eval"],
+                                    num_benign=5, attacks=[{"kind": "direct"}]), tiny_module.tokenizer)
+    harmful_probs, benign_probs = iter([0.95, 0.65, 0.35, 0.05]), iter([0.05, 0.15, 0.25, 0.55, 0.85])
+    responses = {i: Answer(text="ok", verdict_steps=[0], verdict_probs=[
+        next(benign_probs) if case.attack.startswith("benign") else next(harmful_probs)])
+        for i, case in enumerate(suite.cases)}
+    sweep = {round(p["threshold"], 1): p for p in suite.metrics(responses)["classifier"]["threshold_sweep"]}
+    assert (sweep[0.5]["benign_flagged"]["k"], sweep[0.5]["harmful_missed"]["k"]) == (2, 2)
+    assert (sweep[0.1]["benign_flagged"]["k"], sweep[0.1]["harmful_missed"]["k"]) == (4, 1)
+    assert (sweep[0.9]["benign_flagged"]["k"], sweep[0.9]["harmful_missed"]["k"]) == (0, 3)
+    assert sweep[0.5]["benign_flagged"]["n"] == 5 and sweep[0.5]["harmful_missed"]["n"] == 4
+
+
 def test_summary_shape_from_a_hand_made_result():
     rate = {"rate": 0.125, "k": 2, "n": 16, "ci95": [0.035, 0.36], "value": 0.125}
     outcomes = {"asr": {"direct": {"0": False, "1": True}}, "over_refusal": {"alpaca_eval": {"0": True}}}
