@@ -241,6 +241,7 @@ def test_report_command_line_on_a_checkpoint_loads_weights_only(tmp_path, tiny_m
     expected = json.loads(json.dumps(direct["columns"][METHOD]["metrics"]))
     classifier, expected_classifier = result["columns"][METHOD]["metrics"]["classifier"], expected.pop("classifier")
     assert classifier.pop("auroc_ci95") == pytest.approx(expected_classifier.pop("auroc_ci95"))
+    assert classifier.pop("threshold_sweep") == expected_classifier.pop("threshold_sweep")
     assert classifier == pytest.approx(expected_classifier)
     assert {k: v for k, v in result["columns"][METHOD]["metrics"].items() if k != "classifier"} == expected
 
