@@ -450,6 +450,16 @@ def to_markdown(result: dict[str, Any]) -> str:
         for attack in result["attacks"]:
             lines.append(row(attack, [_cell(table[c].get(attack)) for c in judged_columns]))
 
+    lines += ["", f"## Sample answers ({SAMPLES_PER_CELL} per attack and column, first {SAMPLE_CHARS} characters "
+              "after any prefill)", ""]
+    samples = {c: sample_answers(result["columns"][c]) for c in main_columns}
+    for attack in dict.fromkeys(a for c in main_columns for a in samples[c]):
+        lines += [f"**{attack}**", ""]
+        for c in main_columns:
+            for sample in samples[c].get(attack, []):
+                lines.append(f"- {c}: {sample['prompt'][:80]!r} -> {sample['answer']!r}")
+        lines.append("")
+
     lines += ["", "## Judge check: agreement with human labels", "",
               "Each phrase judge on human-labelled answers (`python -m evaluation.judges` writes the same table "
               "to reports/judges.md). Wilson 95% intervals.", ""]
@@ -457,6 +467,21 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["## Aim (from the issue)", ""] + _aim_lines(result)
     lines += ["", "## Columns", ""] + [f"- **{c}**: {result['columns'][c]['decoding']}" for c in columns]
     return "\n".join(lines) + "\n"
+
+
+SAMPLES_PER_CELL = 2
+SAMPLE_CHARS = 160
+
+
+def sample_answers(column: dict[str, Any], per_cell: int = SAMPLES_PER_CELL) -> dict[str, list[dict[str, str]]]:
+    """A few answers per attack (the lowest prompt indices, first variant): what a rate looks like."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for record in sorted(column.get("records", []), key=lambda r: (r["prompt_index"], r.get("variant", ""))):
+        cell = out.setdefault(record["attack"], [])
+        if len(cell) < per_cell and all(s["prompt"] != record["prompt"] for s in cell):
+            cell.append({"prompt": record["prompt"], "prefill": record.get("prefill", ""),
+                         "answer": record["continuation"][:SAMPLE_CHARS]})
+    return out
 
 
 def _aim_lines(result: dict[str, Any]) -> list[str]:
@@ -510,7 +535,7 @@ def build_summary(result: dict[str, Any]) -> dict[str, Any]:
     """The report's numbers in a stable shape for tools (`summary.json`): per column (`base`,
     `sft_baseline`, `method`, ablations) `{"auroc": x, "asr": {attack: {"rate", "k", "n", "ci95"}},
     "over_refusal": {set: {...}}}` plus `auroc_ci95`, `degenerate`, `per_category`, `judges`
-    (the second phrase judge's rates), `reason_fit` and, for the method, `mcnemar` (vs each paired column). NaN: null."""
+    (the second phrase judge's rates), `reason_fit`, `samples` (a few answers per attack) and, for the method, `mcnemar` (vs each paired column). NaN: null."""
     paired = result.get("paired", {})
     out: dict[str, Any] = {}
     for name, column in result["columns"].items():
@@ -526,6 +551,7 @@ def build_summary(result: dict[str, Any]) -> dict[str, Any]:
             "judges": {judge: {kind: _rates(rates) for kind, rates in tables.items()}
                        for judge, tables in (metrics.get("judges") or {}).items()},
             "reason_fit": metrics.get("reason_fit"),
+            "samples": sample_answers(column),
         }
         tests = {summary_key(pair.split(" vs ", 1)[1]): value for pair, value in paired.items()
                  if pair.split(" vs ", 1)[0] == name}

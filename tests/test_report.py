@@ -335,3 +335,14 @@ def test_summary_shape_from_a_hand_made_result():
     assert summary["method"]["mcnemar"] == {"base": {"asr": {"direct": {"p": 1.0}}}}
     assert "mcnemar" not in summary["base"]
     json.dumps(summary, allow_nan=False)
+
+
+def test_sample_answers_take_a_few_distinct_prompts_per_attack():
+    from evaluation.report import sample_answers
+
+    records = [{"attack": a, "prompt_index": i, "variant": v, "prompt": f"p{i}", "prefill": "", "continuation": "x" * 500}
+               for a in ("direct", "template") for i in (2, 0, 1) for v in ("b", "a")]
+    samples = sample_answers({"records": records}, per_cell=2)
+    assert [s["prompt"] for s in samples["direct"]] == ["p0", "p1"] and list(samples) == ["direct", "template"]
+    assert all(len(s["answer"]) == 160 for cell in samples.values() for s in cell)
+    assert sample_answers({}) == {}
