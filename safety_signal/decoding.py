@@ -91,7 +91,8 @@ class Answer:
     evaluation (0 = the `[CLS]` verdict at prefill, t >= 1 = a probe that saw y_0 .. y_{t-1});
     `verdict_probs[i]` its malicious probability. `intervention_step` is the step whose verdict
     triggered the guide (`medium`) or the refusal (`high`). Plain-decoding baselines leave the
-    verdict fields empty.
+    verdict fields empty. `new_tokens` stands in for `token_ids` in an answer read back from a
+    record (`from_record`; records keep no token ids): its `num_new_tokens`.
     """
 
     text: str
@@ -103,6 +104,7 @@ class Answer:
     intervention_step: int | None = None
     num_probe_evaluations: int = 0
     finish_reason: str = ""
+    new_tokens: int | None = None
 
     @property
     def intervened(self) -> bool:
@@ -111,6 +113,8 @@ class Answer:
     @property
     def num_new_tokens(self) -> int:
         """Response tokens after the prefill."""
+        if self.new_tokens is not None and not self.token_ids:
+            return self.new_tokens
         return max(0, len(self.token_ids) - self.num_prefill_tokens)
 
     @property
@@ -123,15 +127,20 @@ class Answer:
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able (token ids left out: the text is what people and judges read)."""
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token_ids"}
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("token_ids", "new_tokens")}
         record.update(num_new_tokens=self.num_new_tokens, intervened=self.intervened, leaked_tokens=self.leaked_tokens)
         record["verdict_probs"] = [round(float(p), 6) for p in self.verdict_probs]
         return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Answer":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in names})
+        """The answer of a `to_record` record (extra keys ignored), whose `to_record` is that record
+        again: the token ids are gone, so their count is kept in `new_tokens`."""
+        names = {f.name for f in fields(cls)} - {"new_tokens"}
+        answer = cls(**{k: v for k, v in record.items() if k in names})
+        if not answer.token_ids and "num_new_tokens" in record:
+            answer.new_tokens = record["num_new_tokens"]
+        return answer
 
 
 class SafetyGatedGenerator:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from evaluation.report import (
-    ABLATIONS, BASE, METHOD, SFT, ReportConfig, build_summary, load_config, main, run_report, to_markdown,
-    write_report,
+    ABLATIONS, BASE, METHOD, SFT, ReportConfig, _reused_column, build_summary, load_config, main, reusable_columns,
+    run_report, to_markdown, write_report,
 )
 from evaluation.stats import mcnemar_exact, wilson
-from evaluation.suite import SuiteConfig
+from evaluation.suite import SafetySuite, SuiteConfig
 from safety_signal.config import SafetyConfig
 from safety_signal.gate import GatePolicy
 from lightning_modules.safety_signal_lm import SafetySignalLM
@@ -134,6 +134,84 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
     assert result["attacks"] == ["direct", "prefill_5"]
     assert result["models"][METHOD] == str(export)
     assert (out / "safety_report.md").read_text().startswith("# Safety report")
+
+
+def _same(a, b) -> bool:
+    """Equal as JSON (NaN included)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_report_reuses_the_plain_columns_of_an_earlier_report(tmp_path, tiny_module, tiny_method):
+    """`reuse`: the base and SFT columns come from the earlier JSON as they were (answers, metrics,
+    utility, seconds), their models are never loaded, and the method column is answered as before."""
+    config = tiny_config(tmp_path)
+    config.ablations = {}
+    config.suite.attacks = [a for a in config.suite.attacks
+                            if a.kind != "prefill_tokens" or a.options["num_tokens"] == 5]
+    names = {BASE: "tiny", SFT: "tiny-sft", METHOD: "tiny-method"}
+    first = run_report(config, lambda: tiny_method, lambda: tiny_module, lambda: tiny_module, dict(names),
+                       progress=False)
+    _, path = write_report(first, tmp_path / "first")
+    previous = json.loads(path.read_text())
+
+    def refuse() -> SafetySignalLM:
+        raise AssertionError("a reused column's model was loaded")
+
+    config.batch_size = 3  # the method's settings may differ
+    second = run_report(config, lambda: tiny_method, refuse, refuse, dict(names), progress=False,
+                        reuse=previous, reused_from=str(path))
+    assert list(second["columns"]) == [BASE, SFT, METHOD]
+    for name in (BASE, SFT):
+        old, new = previous["columns"][name], json.loads(json.dumps(second["columns"][name]))
+        assert new.pop("reused_from") == str(path)
+        assert _same(new, old), name
+    assert "reused_from" not in second["columns"][METHOD]
+    assert _same(second["columns"][METHOD]["metrics"], previous["columns"][METHOD]["metrics"])
+    assert _same(second["paired"], previous["paired"])
+    assert f"(answers reused from `{path}`)" in to_markdown(json.loads(json.dumps(second)))
+
+    # An earlier column that lacks one of this suite's cases is no answer to it.
+    suite = SafetySuite(config.suite, tiny_module.tokenizer)
+    previous["columns"][SFT]["records"].pop(1)
+    with pytest.raises(ValueError, match=f"the {SFT} column has no answer for case 1"):
+        _reused_column(SFT, previous, suite, str(path))
+
+
+def test_reuse_needs_the_same_suite_decoding_and_utility_settings(tmp_path):
+    """Only the method's settings (gate, ablations, batch size, judges) may differ; a plain column
+    is reused only when its model is this run's."""
+    config = tiny_config(tmp_path)
+    names = {BASE: "tiny", SFT: "tiny-sft", METHOD: "tiny-method"}
+    previous = {"config": json.loads(json.dumps(config.to_dict())), "models": dict(names),
+                "columns": {BASE: {}, SFT: {}, METHOD: {}}}
+    changed = tiny_config(tmp_path)
+    changed.batch_size, changed.ablations, changed.classifier_judge = 1, {}, False
+    changed.gate.level = "high"
+    assert reusable_columns(previous, changed, names) == [BASE, SFT]
+    assert reusable_columns(previous, config, {**names, SFT: "another"}) == [BASE]
+    assert reusable_columns(previous, config, {**names, BASE: ""}) == [SFT]  # --no_base
+    changed.suite.num_harmful = 3
+    with pytest.raises(ValueError, match=r"suite\.num_harmful differ"):
+        reusable_columns(previous, changed, names)
+    changed = tiny_config(tmp_path)
+    changed.decoding.max_new_tokens, changed.mmlu_questions = 4, 0
+    with pytest.raises(ValueError, match=r"decoding\.max_new_tokens, mmlu_questions differ"):
+        reusable_columns(previous, changed, names)
+
+
+def test_answer_record_round_trips():
+    """`Answer.from_record(a.to_record())` writes the same record: the token count survives without the ids."""
+    from safety_signal.decoding import Answer
+
+    answer = Answer(text="Sure, here Sorry", continuation=" Sorry", token_ids=[5, 6, 7, 8, 9], num_prefill_tokens=2,
+                    verdict_steps=[0, 3], verdict_probs=[0.1234567891, 0.9], intervention_step=3,
+                    num_probe_evaluations=1, finish_reason="length")
+    record = answer.to_record()
+    again = Answer.from_record({"attack": "direct", **record})
+    assert again.to_record() == record and json.loads(json.dumps(record)) == record
+    assert (again.num_new_tokens, again.leaked_tokens, again.intervened) == (3, 1, True)
+    assert again.token_ids == [] and Answer.from_record(Answer("plain").to_record()) == Answer("plain", new_tokens=0)
 
 
 def test_settings_go_through_the_command_line_parser_in_typed_form(tmp_path):
