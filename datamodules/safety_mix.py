@@ -27,6 +27,7 @@ from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
 
 REPHRASE_SOURCE = "rephrase"
 WRAPPED_SOURCE = "wrapped"
+CONTINUATION_SOURCE = "harmful_continuation"
 
 
 def default_sources() -> list[DataSource]:
@@ -79,6 +80,7 @@ def build_mix(
     wrapped: int = 0,
     templates: list[JailbreakTemplate] | None = None,
     pieces: list[str] | None = None,
+    harmful_continuations: int = 0,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
@@ -102,6 +104,10 @@ def build_mix(
             `templates` or followed by a random suffix made of `pieces` (`datamodules.jailbreaks.wrap`),
             classification-only with the label of the request. Templates are split by name like
             prompts: a validation prompt is wrapped only in held-out templates, a training one never.
+        harmful_continuations: training-side harmful prompts whose row is the prompt plus a harmful
+            answer as prefill (`prefill_harmful`, filled in later by the base model, `needs_answer`),
+            classification-only: the response-window probes learn to flag harmful text, the LM never
+            learns it. Validation-side prompts get none (their answers would only cost generation).
     """
     rng = random.Random(seed)
     harmful = _dedupe(harmful_records)
@@ -171,6 +177,13 @@ def build_mix(
             side = held if in_validation(rec.prompt, val_fraction, seed) else train_templates
             text, _ = wrap(rec.prompt, rng, side, pieces or [])
             examples.append((rec.prompt, TrainingExample(text, "", label, rec.category, WRAPPED_SOURCE, classify_only=True)))
+
+    if harmful_continuations > 0:
+        train_side = [rec for rec in harmful_all if not in_validation(rec.prompt, val_fraction, seed)]
+        for rec in rng.sample(train_side, min(harmful_continuations, len(train_side))):
+            opening = affirmative_opening(rec.prompt, random.Random(f"opening-{rec.prompt}"))
+            examples.append((rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, CONTINUATION_SOURCE, opening,
+                                                         True, classify_only=True, needs_answer=True)))
 
     split = MixSplit()
     for prompt, ex in examples:
@@ -300,6 +313,11 @@ class SafetyMixDataModule(L.LightningDataModule):
             or followed by a random GCG-like suffix, classification-only (`datamodules.jailbreaks`).
         cls_only_max_length: the length limit of classification-only rows (None: `max_length`); wrapped
             rows need room for their template.
+        harmful_continuations: training harmful prompts that get a classification-only row with the base
+            model's harmful answer (an affirmative opening + its greedy continuation, generated once and
+            cached, `datamodules.self_distill`) as prefill: the probes over response windows learn to
+            flag harmful text as it is written; the LM is never trained on it.
+        harmful_continuation_tokens: new tokens of such an answer after its opening.
     """
 
     def __init__(
@@ -331,6 +349,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         train_guide: bool = True,
         wrapped: int = 0,
         cls_only_max_length: int | None = None,
+        harmful_continuations: int = 0,
+        harmful_continuation_tokens: int = 48,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -369,6 +389,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.train_guide = train_guide
         self.wrapped = wrapped
         self.cls_only_max_length = cls_only_max_length or max_length
+        self.harmful_continuations = harmful_continuations
+        self.harmful_continuation_tokens = harmful_continuation_tokens
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -403,9 +425,9 @@ class SafetyMixDataModule(L.LightningDataModule):
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
             wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
+            harmful_continuations=self.harmful_continuations,
         )
-        if self.self_distill:
-            self._distill(split)
+        self._answer_with_base_model(split)
         encode = partial(
             encode_example, tokenizer, safety=self.safety, probe_config=self.probes, max_length=self.max_length,
             train_guide=self.train_guide,
@@ -414,28 +436,39 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.val_set, kept_val = self._encode(split.val, encode, "val")
         self.val_meta = [(ex.prompt, ex.label, ex.source) for ex in kept_val]
 
-    def _distill(self, split: MixSplit) -> None:
-        """Replace the answers of benign SFT rows by the base model's own (cached) answers."""
+    def _answer_with_base_model(self, split: MixSplit) -> None:
+        """Fill in the answers the base model writes (once, cached): self-distilled targets of benign SFT
+        rows (`self_distill`) and the harmful answers of `harmful_continuations` rows."""
+        benign = [ex for ex in split.train + split.val if ex.label == 0 and not ex.classify_only] if self.self_distill else []
+        harmful = [ex for ex in split.train if ex.source == CONTINUATION_SOURCE]
+        if not benign and not harmful:
+            return
         from datamodules.self_distill import self_distilled_answers
         from safety_signal.model import load_causal_lm
 
-        rows = [ex for ex in split.train + split.val if ex.label == 0 and not ex.classify_only]
         torch.manual_seed(self.seed)
         model = load_causal_lm(self.model_name, self.tokenizer)
-        answers = self_distilled_answers(
-            model, self.tokenizer, [ex.prompt for ex in rows], max_new_tokens=self.self_distill_max_new_tokens,
-            chat_template=self.safety.chat_template, log=rank_zero_info,
-        )
+        answer = partial(self_distilled_answers, model, self.tokenizer, chat_template=self.safety.chat_template,
+                         log=rank_zero_info)
+        if benign:
+            answers = answer([ex.prompt for ex in benign], max_new_tokens=self.self_distill_max_new_tokens)
+            for ex in benign:
+                if ex.prompt in answers:
+                    ex.response = answers[ex.prompt]
+                elif ex.needs_answer:  # a hard negative the base model refused stays classification-only
+                    ex.classify_only = True
+            kept = sum(ex.prompt in answers for ex in benign)
+            rank_zero_info(f"[data] self-distilled answers for {kept} of {len(benign)} benign SFT rows")
+        if harmful:
+            answers = answer([ex.prompt for ex in harmful], max_new_tokens=self.harmful_continuation_tokens,
+                             openings={ex.prompt: ex.prefill for ex in harmful})
+            for ex in harmful:
+                ex.prefill = answers.get(ex.prompt, "")
+            # the base model refused even after the opening: no harmful text to learn from
+            split.train = [ex for ex in split.train if ex.source != CONTINUATION_SOURCE or ex.prefill]
+            rank_zero_info(f"[data] harmful answers for {sum(bool(ex.prefill) for ex in harmful)} of {len(harmful)} "
+                           "harmful-continuation rows")
         del model
-        kept = 0
-        for ex in rows:
-            if ex.prompt in answers:
-                ex.response, kept = answers[ex.prompt], kept + 1
-        # A hard negative without a usable answer (the base model refused it) stays classification-only.
-        for ex in rows:
-            if ex.needs_answer and ex.prompt not in answers:
-                ex.classify_only = True
-        rank_zero_info(f"[data] self-distilled answers for {kept} of {len(rows)} benign SFT rows")
 
     def _encode(self, examples: list[TrainingExample], encode, name: str) -> tuple[list[EncodedExample], list[TrainingExample]]:
         encoded = [

@@ -9,6 +9,11 @@ and `[CLS]` suppressed) and cached as JSON under the project cache folder
 (`$SAFETY_SIGNAL_CACHE/self_distill/<model fingerprint>-<settings>.json`), one answer per prompt;
 a later run only generates prompts the file lacks. The fingerprint hashes the model's weights
 (the `[CLS]` rows the tokenizer adds are left out), so a changed model gets a new file.
+
+With `openings` the answer is forced to start with a given opening ("Sure, here is how to ...:"),
+which is how the base model's *harmful* answers to training harmful prompts are made: text the
+response-window probes learn to flag and the LM never learns to write (`harmful_continuations`
+in `SafetyMixDataModule`).
 """
 
 from __future__ import annotations
@@ -71,13 +76,16 @@ def clean_answer(text: str, finished: bool, min_chars: int = 20) -> str | None:
 @torch.inference_mode()
 def generate_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-    batch_size: int, chat_template: bool = True,
+    batch_size: int, chat_template: bool = True, openings: Sequence[str] | None = None,
 ) -> list[tuple[str, bool]]:
-    """Greedy answers `(text, finished with EOS)`, batched with left padding, longest prompts first."""
+    """Greedy answers `(text, finished with EOS)`, batched with left padding, longest prompts first;
+    with `openings`, answer i starts with `openings[i]` (forced, part of the text)."""
     was_training = model.training
     model.eval()
     eos_ids = set(eos_token_ids(model, tokenizer))
-    rows = [tokenizer(format_prompt(tokenizer, p, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts]
+    openings = list(openings) if openings is not None else [""] * len(prompts)
+    rows = [tokenizer(format_prompt(tokenizer, p, chat_template)[0] + o, add_special_tokens=False)["input_ids"]
+            for p, o in zip(prompts, openings)]
     order = sorted(range(len(prompts)), key=lambda i: -len(rows[i]))
     out: list[tuple[str, bool]] = [("", False)] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -92,7 +100,7 @@ def generate_answers(
             ends = [k for k, t in enumerate(tokens) if t in eos_ids]
             finished = bool(ends)
             tokens = tokens[: ends[0]] if ends else tokens
-            out[i] = (tokenizer.decode(tokens, skip_special_tokens=True), finished)
+            out[i] = (openings[i] + tokenizer.decode(tokens, skip_special_tokens=True), finished)
     model.train(was_training)
     return out
 
@@ -106,13 +114,18 @@ def self_distilled_answers(
     chat_template: bool = True,
     path: str | Path | None = None,
     log=print,
+    openings: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """`{prompt: answer}` for the prompts with a usable answer, generated once and cached.
 
     The cache file is keyed by the model's fingerprint and the settings (`path` overrides it);
     prompts already in it are not generated again (unusable answers are cached as null).
+    `openings`: `{prompt: opening}` every answer is forced to start with (a fixed function of the
+    prompt, so cached answers stay valid); forced answers get a cache file of their own.
     """
     settings = {"max_new_tokens": max_new_tokens, "chat_template": chat_template, "version": SELF_DISTILL_VERSION}
+    if openings is not None:
+        settings["forced_opening"] = True
     fingerprint = model_fingerprint(model, tokenizer)
     path = Path(path) if path is not None else cache_path(fingerprint, settings)
     cached: dict[str, str | None] = {}
@@ -123,7 +136,9 @@ def self_distilled_answers(
     todo = sorted({p for p in prompts if p not in cached})
     if todo:
         log(f"[self-distill] generating {len(todo)} answers ({len(cached)} cached) -> {path}")
-        for prompt, (text, finished) in zip(todo, generate_answers(model, tokenizer, todo, max_new_tokens, batch_size, chat_template)):
+        forced = [openings[p] for p in todo] if openings is not None else None
+        generated = generate_answers(model, tokenizer, todo, max_new_tokens, batch_size, chat_template, forced)
+        for prompt, (text, finished) in zip(todo, generated):
             cached[prompt] = clean_answer(text, finished)
         payload = {"fingerprint": fingerprint, "settings": settings, "answers": cached}
         write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))

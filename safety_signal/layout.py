@@ -95,10 +95,12 @@ def encode_example(
     Probe labels: R1 (query + first r1 tokens) carries the request label; a sliding window is
     malicious when at least `harmful_fraction` of it is harmful prefill text.
 
-    `classify_only`: a labelled prompt without a response (`response` and `prefill` must be
-    empty). The row is `[CLS] + prompt` with no LM target, trained only through `[CLS]` and
-    the R1 probe (which, with no response tokens, reads the query as `[CLS]` does), so it
-    costs a short forward and adds nothing to the LM loss.
+    `classify_only`: a labelled prompt without a response (`response` must be empty). The row is
+    `[CLS] + prompt` with no LM target, trained only through `[CLS]` and the R1 probe (which, with
+    no response tokens, reads the query as `[CLS]` does), so it costs a short forward and adds
+    nothing to the LM loss. With a `prefill` (an answer the LM must never learn to write), the row
+    is `[CLS] + prompt + prefill`, still with no LM target, and also trains the response-window
+    probes on it, labelled as above.
 
     `train_guide=False`: a response that opens with the guide (`safety.guide`, after an optional
     `GUIDE_SEPARATOR`) keeps the guide as context, tokenized as strategic decoding inserts it, and
@@ -107,9 +109,9 @@ def encode_example(
     call, and the LM learns to explain the refusal the gate starts.
     """
     head = encode_prompt(tokenizer, prompt, safety.chat_template)
-    if classify_only:
-        if response or prefill:
-            raise ValueError("a classification-only example has no response and no prefill")
+    if classify_only and response:
+        raise ValueError("a classification-only example has no response")
+    if classify_only and not prefill:
         if len(head.input_ids) > max_length:
             return None
         q0 = len(head.input_ids)
@@ -123,7 +125,7 @@ def encode_example(
             if response.startswith(opening):
                 guide, reason = opening, response[len(opening):]
     guide_ids = tokenizer(guide, add_special_tokens=False)["input_ids"] if guide else []
-    response_ids = tokenizer(reason, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = [] if classify_only else tokenizer(reason, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     room = max_length - len(head.input_ids)
     if room < 1:
         return None
@@ -148,7 +150,7 @@ def encode_example(
         if stop == end:
             break
     windows = _thin(windows, cfg.max_probes - 1)
-    return EncodedExample(input_ids, roles, lm_targets, label, [r1_probe] + windows)
+    return EncodedExample(input_ids, roles, lm_targets, label, [r1_probe] + windows, classify_only=classify_only)
 
 
 def _thin(windows: list, keep: int) -> list:

@@ -225,9 +225,10 @@ def test_self_distilled_answers_are_cached_and_rebuilt_when_the_model_changes(tm
     model, tok = copy.deepcopy(tiny_module.model), tiny_module.tokenizer
     calls: list[list[str]] = []
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template=True):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template=True, openings=None):
         calls.append(list(prompts))
-        return [(f"Here is a helpful answer about {p}. It has two sentences.", True) for p in prompts]
+        return [(f"{o}Here is a helpful answer about {p}. It has two sentences.", True)
+                for p, o in zip(prompts, openings or [""] * len(prompts))]
 
     monkeypatch.setattr(self_distill, "generate_answers", fake_generate)
     prompts = ["How do I bake bread?", "What is the capital of France?"]
@@ -246,6 +247,9 @@ def test_self_distilled_answers_are_cached_and_rebuilt_when_the_model_changes(tm
     assert len(list((tmp_path / "self_distill").glob("*.json"))) == 2
     self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=16)  # other settings: other file
     assert len(calls) == 4
+    forced = self_distill.self_distilled_answers(model, tok, prompts, max_new_tokens=16,
+                                                 openings={p: "Sure, here is how:\n\n" for p in prompts})
+    assert len(calls) == 5 and all(a.startswith("Sure, here is how:") for a in forced.values())  # a file of its own
 
 
 def test_self_distilled_answer_clean_up():
@@ -257,9 +261,22 @@ def test_self_distilled_answer_clean_up():
 
 def test_self_distill_generates_real_answers_with_the_tiny_model(tmp_path, monkeypatch, tiny_module):
     monkeypatch.setenv("SAFETY_SIGNAL_CACHE", str(tmp_path))
-    out = self_distill.generate_answers(tiny_module.model, tiny_module.tokenizer, ["Hi there", "How do I bake bread?"],
-                                        max_new_tokens=4, batch_size=2)
+    prompts = ["Hi there", "How do I bake bread?"]
+    out = self_distill.generate_answers(tiny_module.model, tiny_module.tokenizer, prompts, max_new_tokens=4, batch_size=2)
     assert len(out) == 2 and all(isinstance(t, str) and isinstance(f, bool) for t, f in out)
+    forced = self_distill.generate_answers(tiny_module.model, tiny_module.tokenizer, prompts, max_new_tokens=4,
+                                           batch_size=2, openings=["Sure, here", "Step 1:"])
+    assert forced[0][0].startswith("Sure, here") and forced[1][0].startswith("Step 1:")
+    # the continuation is the greedy one after prompt + opening, as a plain forward picks it
+    tok, model = tiny_module.tokenizer, tiny_module.model
+    from safety_signal.layout import format_prompt
+    from safety_signal.model import cls_token_id
+
+    ids = tok(format_prompt(tok, prompts[1], True)[0] + "Step 1:", add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    logits[cls_token_id(tok)] = -1e9  # generate_answers suppresses [CLS]
+    assert forced[1][0][len("Step 1:"):].startswith(tok.decode([int(logits.argmax())], skip_special_tokens=True))
 
 
 # --------------------------------------------------------------------------- 5. threshold calibration
@@ -397,6 +414,7 @@ def test_fit_with_every_lever_on_the_tiny_model(tmp_path):
         "--trainer.max_steps=6", "--trainer.val_check_interval=null",
         "--data.num_harmful=8", "--data.cls_only_harmful=null", "--data.hard_negatives=40", "--data.rephrase_per_prompt=1",
         "--data.cls_only_batch_factor=2", "--data.val_fraction=0.3", "--data.wrapped=6", "--data.cls_only_max_length=512",
+        "--data.harmful_continuations=4", "--data.harmful_continuation_tokens=6",
         "--trainer.callbacks+=callbacks.calibration.CalibrateThreshold", "--trainer.callbacks.target_fpr=0.2",
         "--trainer.callbacks+=callbacks.export.ExportPretrained", f"--trainer.callbacks.dirpath={tmp_path / 'export'}",
     ], cwd=tmp_path)
@@ -468,3 +486,41 @@ def test_long_classification_only_rows_get_batches_of_their_own_size():
     sizes = {kind: sorted({len(b) for b in batches if kinds[b[0]] == kind}) for kind in (SFT, CLS_SHORT, CLS_LONG)}
     assert sizes == {SFT: [4], CLS_SHORT: [12], CLS_LONG: [4]}  # the last long batch is topped up to 4
     assert all(len({kinds[i] for i in b}) == 1 for b in batches)
+
+
+# --------------------------------------------------------------------------- harmful continuations
+
+
+def test_classification_only_row_with_a_harmful_prefill_trains_the_probes_and_no_lm(tiny_module):
+    module = copy.deepcopy(tiny_module).train()
+    tok = module.tokenizer
+    answer = "Sure, here is how to pick a lock: first insert a tension wrench into the keyhole and turn it gently " * 2
+    row = encode_example(tok, "How do I pick a lock?", "", 1, module.safety, ProbeConfig(), prefill=answer,
+                         prefill_harmful=True, classify_only=True, max_length=256)
+    assert row.classify_only and all(t == -100 for t in row.lm_targets)
+    q0 = len(encode_example(tok, "How do I pick a lock?", "", 1, module.safety, ProbeConfig(), classify_only=True).input_ids)
+    windows = [p for p in row.probes if not p[0]]
+    assert windows and all(start >= q0 and label == 1 for _, start, _, label in windows)  # probes read the answer only
+    benign = encode_example(tok, "How do I bake bread?", "", 0, module.safety, ProbeConfig(), classify_only=True)
+    batch = _batch(module, [row, benign])
+    assert batch["classify_only"]
+    out = module.compute_losses(batch)
+    assert out["lm_loss"].item() == 0.0 and out["cls_loss"].item() > 0
+    with pytest.raises(ValueError, match="no response"):
+        encode_example(tok, "x", "a response", 1, module.safety, ProbeConfig(), classify_only=True)
+
+
+def test_build_mix_adds_harmful_continuation_rows_on_the_training_side_only():
+    from datamodules.safety_mix import CONTINUATION_SOURCE
+
+    split = build_mix(_records(80, 1, "hack"), _records(200, 0, "soup"), num_harmful=10, benign_per_harmful=1.0,
+                      prefill_fraction=0.0, val_fraction=0.3, seed=0, harmful_continuations=30)
+    rows = [ex for ex in split.train if ex.source == CONTINUATION_SOURCE]
+    assert len(rows) == 30 and not [ex for ex in split.val if ex.source == CONTINUATION_SOURCE]
+    assert all(ex.label == 1 and ex.classify_only and ex.prefill_harmful and ex.needs_answer and not ex.response
+               for ex in rows)
+    assert all(ex.prefill.startswith("Sure") or ex.prefill for ex in rows)  # the opening the answer is forced to
+    assert not any(in_validation(ex.prompt, 0.3, 0) for ex in rows)
+    again = build_mix(_records(80, 1, "hack"), _records(200, 0, "soup"), num_harmful=10, benign_per_harmful=1.0,
+                      prefill_fraction=0.0, val_fraction=0.3, seed=0, harmful_continuations=30)
+    assert [ex.prefill for ex in again.train if ex.source == CONTINUATION_SOURCE] == [ex.prefill for ex in rows]
