@@ -308,7 +308,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             (`safety_signal.layout.encode_example`; reports/recipe.md).
         cls_only_batch_factor: a batch of classification-only rows holds `batch_size * factor` rows (one
             process only; under DDP the factor is 1): the optimizer step and the fixed cost of a step are
-            shared by more short rows. Rows longer than `max_length` (wrapped ones) come `batch_size` to a batch.
+            shared by more short rows. Rows longer than `max_length // 2` come `batch_size` to a batch.
         wrapped: training harmful prompts, and as many benign ones, wrapped in a training jailbreak template
             or followed by a random GCG-like suffix, classification-only (`datamodules.jailbreaks`).
         cls_only_max_length: the length limit of classification-only rows (None: `max_length`); wrapped
@@ -504,11 +504,12 @@ class SafetyMixDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Seeded per epoch, one shard per rank, resumable mid-epoch (datamodules/sampling.py).
         trainer = self.trainer
-        kinds = [row_kind(e, self.max_length) for e in self.train_set]
+        kinds = [row_kind(e, self.max_length // 2) for e in self.train_set]
         grouped = self.group_classify_only and len(set(kinds)) > 1
         world = trainer.world_size if trainer is not None else 1
         if grouped and self.cls_only_batch_factor > 1 and world == 1:
-            batch_sampler = GroupedBatchSampler(kinds, self.batch_size, self.cls_only_batch_factor, seed=self.seed)
+            batch_sampler = GroupedBatchSampler(kinds, self.batch_size, self.cls_only_batch_factor, seed=self.seed,
+                                                lengths=[len(e.input_ids) for e in self.train_set])
             if self.resume_position is not None:
                 batch_sampler.resume(self.resume_position[0], self.resume_batches or 0)
             return DataLoader(self.train_set, batch_sampler=batch_sampler, collate_fn=self._collate(),
@@ -555,15 +556,17 @@ class SafetyMixDataModule(L.LightningDataModule):
         )
 
 
-# Row kinds the grouped samplers batch apart: SFT rows, classification-only rows (short: many to a
-# batch) and classification-only rows longer than the SFT max_length (wrapped prompts: few to a batch).
+# Row kinds the grouped samplers batch apart: SFT rows, short classification-only rows (many to a
+# batch) and long ones (wrapped prompts, harmful continuations: as many to a batch as SFT rows).
 SFT, CLS_SHORT, CLS_LONG = 0, 1, 2
+MEGABATCH = 16  # batches whose rows are sorted by length together (less padding, still shuffled)
 
 
-def row_kind(example: EncodedExample, max_length: int) -> int:
+def row_kind(example: EncodedExample, short_length: int) -> int:
+    """`SFT`, `CLS_SHORT` (classification-only, at most `short_length` tokens) or `CLS_LONG`."""
     if not example.classify_only:
         return SFT
-    return CLS_SHORT if len(example.input_ids) <= max_length else CLS_LONG
+    return CLS_SHORT if len(example.input_ids) <= short_length else CLS_LONG
 
 
 class GroupedResumableSampler(ResumableSampler):
@@ -607,13 +610,17 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of one kind of row, seeded per epoch, resumable by batches (one process).
 
     SFT rows and long classification-only rows come `batch_size` per batch, short classification-only
-    rows `batch_size * cls_factor` per batch (`row_kind`; bools: classification-only or not); the epoch's batches are a function of `(seed, epoch)`: a seeded shuffle, each kind cut
+    rows `batch_size * cls_factor` per batch (`row_kind`; bools: classification-only or not); with
+    `lengths`, the rows of every `MEGABATCH` batches of a kind are sorted by length before they are
+    cut into batches, so a batch pads to rows of similar length; the epoch's batches are a function of `(seed, epoch)`: a seeded shuffle, each kind cut
     into batches (a last partial batch of a kind is topped up with rows of the same kind from the
     start of the shuffle), the batches shuffled.
     """
 
-    def __init__(self, kinds: list[int], batch_size: int, cls_factor: int = 1, seed: int = 0) -> None:
+    def __init__(self, kinds: list[int], batch_size: int, cls_factor: int = 1, seed: int = 0,
+                 lengths: list[int] | None = None) -> None:
         self.kinds = list(kinds)
+        self.lengths = lengths
         self.batch_size = batch_size
         self.cls_factor = cls_factor
         self.seed = seed
@@ -636,6 +643,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
         for kind in sorted(set(self.kinds)):
             same = [i for i in order if self.kinds[i] == kind]
             size = self.size(kind)
+            if self.lengths is not None:
+                mega = size * MEGABATCH
+                same = [i for k in range(0, len(same), mega) for i in sorted(same[k : k + mega], key=self.lengths.__getitem__)]
             for start in range(0, len(same), size):
                 batch = same[start : start + size]
                 out.append(batch + same[: size - len(batch)] if len(batch) < size and len(same) >= size else batch)

@@ -524,3 +524,18 @@ def test_build_mix_adds_harmful_continuation_rows_on_the_training_side_only():
     again = build_mix(_records(80, 1, "hack"), _records(200, 0, "soup"), num_harmful=10, benign_per_harmful=1.0,
                       prefill_fraction=0.0, val_fraction=0.3, seed=0, harmful_continuations=30)
     assert [ex.prefill for ex in again.train if ex.source == CONTINUATION_SOURCE] == [ex.prefill for ex in rows]
+
+
+def test_length_grouped_batches_pad_less_and_still_cover_every_row_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 400) for _ in range(256)]
+    kinds = [1] * 256
+    plain = GroupedBatchSampler(kinds, batch_size=4, cls_factor=2, seed=3)
+    grouped = GroupedBatchSampler(kinds, batch_size=4, cls_factor=2, seed=3, lengths=lengths)
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert sorted(i for b in grouped for i in b) == list(range(256))
+    assert padded(list(grouped)) < 0.7 * padded(list(plain))
+    again = GroupedBatchSampler(kinds, batch_size=4, cls_factor=2, seed=3, lengths=lengths)
+    again.resume(0, 7)
+    assert list(again) == list(grouped)[7:]
