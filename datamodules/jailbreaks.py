@@ -129,6 +129,8 @@ def random_suffix(pieces: list[str], rng: random.Random, min_tokens: int = 12, m
 
 def wrap(prompt: str, rng: random.Random, templates: list[JailbreakTemplate], pieces: list[str]) -> tuple[str, str]:
     """(wrapped prompt, wrapper name): inside a random template or followed by a random suffix, half each."""
+    if not templates and not pieces:
+        raise ValueError("wrapping needs jailbreak templates or suffix pieces")
     if templates and (not pieces or rng.random() < 0.5):
         template = rng.choice(templates)
         return template.render(prompt), template.name
