@@ -6,6 +6,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Sequence
 from functools import partial
 
 import lightning as L
@@ -42,7 +43,7 @@ class TrainingExample:
 
     `classify_only`: no response, trained through `[CLS]` (and the R1 probe) only. `needs_answer`:
     the base model writes part of the row later, from `prompt`: a benign SFT row's response
-    (self-distilled) or a harmful continuation's prefill (`CONTINUATION_SOURCE`).
+    (self-distilled), or a continuation row's prefill (`classify_only` too: see `is_continuation`).
     """
 
     prompt: str
@@ -54,6 +55,11 @@ class TrainingExample:
     prefill_harmful: bool = False
     classify_only: bool = False
     needs_answer: bool = False
+
+    @property
+    def is_continuation(self) -> bool:
+        """A classification-only row whose prefill is the base model's answer (harmful or benign)."""
+        return self.classify_only and self.needs_answer
 
 
 @dataclass
@@ -82,6 +88,9 @@ def build_mix(
     templates: list[JailbreakTemplate] | None = None,
     pieces: list[str] | None = None,
     harmful_continuations: int = 0,
+    continuation_sources: Sequence[str] | None = None,
+    benign_continuations: int = 0,
+    forced_opening_fraction: float = 1.0,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
@@ -109,6 +118,14 @@ def build_mix(
             answer as prefill (`prefill_harmful`, filled in later by the base model, `needs_answer`),
             classification-only: the response-window probes learn to flag harmful text, the LM never
             learns it. Validation-side prompts get none (their answers would only cost generation).
+        continuation_sources: the harmful sources continuations are drawn from (None: all).
+        benign_continuations: training benign classification-only rows (half hard negatives, half
+            chat prompts, as far as there are) that get the base model's answer as prefill, label 0:
+            the probes' negatives, the same form as the harmful continuations (dangerous-sounding
+            topics answered helpfully, "Sure, here is ...:" openings).
+        forced_opening_fraction: the share of continuation rows (harmful and benign, chosen per prompt)
+            whose answer is forced to start with an affirmative opening; the rest are the base model's
+            own greedy answer, phrased as it phrases answers.
     """
     rng = random.Random(seed)
     harmful = _dedupe(harmful_records)
@@ -180,11 +197,11 @@ def build_mix(
             examples.append((rec.prompt, TrainingExample(text, "", label, rec.category, WRAPPED_SOURCE, classify_only=True)))
 
     if harmful_continuations > 0:
-        train_side = [rec for rec in harmful_all if not in_validation(rec.prompt, val_fraction, seed)]
+        train_side = [rec for rec in harmful_all if not in_validation(rec.prompt, val_fraction, seed)
+                      and (continuation_sources is None or rec.source in continuation_sources)]
         for rec in rng.sample(train_side, min(harmful_continuations, len(train_side))):
-            opening = affirmative_opening(rec.prompt, random.Random(f"opening-{rec.prompt}"))
-            examples.append((rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, CONTINUATION_SOURCE, opening,
-                                                         True, classify_only=True, needs_answer=True)))
+            examples.append((rec.prompt, continuation_row(rec.prompt, 1, rec.category, CONTINUATION_SOURCE,
+                                                          forced_opening_fraction)))
 
     split = MixSplit()
     for prompt, ex in examples:
@@ -204,9 +221,29 @@ def build_mix(
             TrainingExample(item.prompt, "", 0, item.family, HARD_NEGATIVE_SOURCE, classify_only=True)
             for item in val_hn if item.prompt not in taken
         ]
+    if benign_continuations > 0:
+        plain = [i for i, ex in enumerate(split.train) if ex.label == 0 and ex.classify_only and not ex.prefill
+                 and ex.source not in (WRAPPED_SOURCE, REPHRASE_SOURCE)]
+        looks = [i for i in plain if split.train[i].source == HARD_NEGATIVE_SOURCE]
+        chat = [i for i in plain if split.train[i].source != HARD_NEGATIVE_SOURCE]
+        n_looks = min(len(looks), max(benign_continuations - len(chat), (benign_continuations + 1) // 2))
+        picked = rng.sample(looks, n_looks) + rng.sample(chat, min(len(chat), benign_continuations - n_looks))
+        for i in picked:
+            ex = split.train[i]
+            split.train[i] = continuation_row(ex.prompt, 0, ex.category, ex.source, forced_opening_fraction)
     rng.shuffle(split.train)
     return split
 
+
+
+def continuation_row(prompt: str, label: int, category: str, source: str, forced_opening_fraction: float) -> TrainingExample:
+    """A classification-only row whose prefill the base model writes later (`needs_answer`): the
+    affirmative opening it is forced to start with, or "" for its own greedy answer. Both choices
+    are a fixed function of the prompt, so cached answers stay valid across recipes."""
+    forced = random.Random(f"forced-{prompt}").random() < forced_opening_fraction
+    opening = affirmative_opening(prompt, random.Random(f"opening-{prompt}")) if forced else ""
+    return TrainingExample(prompt, "", label, category, source, opening, prefill_harmful=label == 1,
+                           classify_only=True, needs_answer=True)
 
 
 def in_validation(prompt: str, val_fraction: float, seed: int) -> bool:
@@ -318,7 +355,15 @@ class SafetyMixDataModule(L.LightningDataModule):
             model's harmful answer (an affirmative opening + its greedy continuation, generated once and
             cached, `datamodules.self_distill`) as prefill: the probes over response windows learn to
             flag harmful text as it is written; the LM is never trained on it.
-        harmful_continuation_tokens: new tokens of such an answer after its opening.
+        continuation_sources: the harmful sources those prompts come from (None: all). Name sources whose
+            requests cannot be answered harmlessly: a complying answer to a question such as "Are all X
+            dishonest?" is often "No, ...", and every window of it would be labelled harmful.
+        benign_continuations: training benign classification-only rows (half hard negatives, half chat
+            prompts) that get the base model's own answer as prefill, label 0: the probes' negatives,
+            in the same form as the harmful continuations.
+        forced_opening_fraction: the share of continuation rows (chosen per prompt) whose answer is forced
+            to open with "Sure, here is ...:"; the others are the base model's plain greedy answer.
+        continuation_tokens: new tokens of a continuation's answer (after its opening, if any).
     """
 
     def __init__(
@@ -351,7 +396,10 @@ class SafetyMixDataModule(L.LightningDataModule):
         wrapped: int = 0,
         cls_only_max_length: int | None = None,
         harmful_continuations: int = 0,
-        harmful_continuation_tokens: int = 48,
+        continuation_sources: list[str] | None = None,
+        benign_continuations: int = 0,
+        forced_opening_fraction: float = 1.0,
+        continuation_tokens: int = 48,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -391,7 +439,10 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.wrapped = wrapped
         self.cls_only_max_length = cls_only_max_length or max_length
         self.harmful_continuations = harmful_continuations
-        self.harmful_continuation_tokens = harmful_continuation_tokens
+        self.continuation_sources = continuation_sources
+        self.benign_continuations = benign_continuations
+        self.forced_opening_fraction = forced_opening_fraction
+        self.continuation_tokens = continuation_tokens
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -426,7 +477,8 @@ class SafetyMixDataModule(L.LightningDataModule):
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
             wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
-            harmful_continuations=self.harmful_continuations,
+            harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,
+            benign_continuations=self.benign_continuations, forced_opening_fraction=self.forced_opening_fraction,
         )
         self._answer_with_base_model(split)
         encode = partial(
@@ -439,10 +491,11 @@ class SafetyMixDataModule(L.LightningDataModule):
 
     def _answer_with_base_model(self, split: MixSplit) -> None:
         """Fill in the answers the base model writes (once, cached): self-distilled targets of benign SFT
-        rows (`self_distill`) and the harmful answers of `harmful_continuations` rows."""
+        rows (`self_distill`) and the prefills of continuation rows (`harmful_continuations`,
+        `benign_continuations`)."""
         benign = [ex for ex in split.train + split.val if ex.label == 0 and not ex.classify_only] if self.self_distill else []
-        harmful = [ex for ex in split.train if ex.source == CONTINUATION_SOURCE]
-        if not benign and not harmful:
+        continuations = [ex for ex in split.train if ex.is_continuation]
+        if not benign and not continuations:
             return
         from datamodules.self_distill import self_distilled_answers
         from safety_signal.model import load_causal_lm
@@ -457,18 +510,25 @@ class SafetyMixDataModule(L.LightningDataModule):
                 if ex.prompt in answers:
                     ex.response = answers[ex.prompt]
                 elif ex.needs_answer:  # a hard negative the base model refused stays classification-only
-                    ex.classify_only = True
+                    ex.classify_only, ex.needs_answer = True, False
             kept = sum(ex.prompt in answers for ex in benign)
             rank_zero_info(f"[data] self-distilled answers for {kept} of {len(benign)} benign SFT rows")
-        if harmful:
-            answers = answer([ex.prompt for ex in harmful], max_new_tokens=self.harmful_continuation_tokens,
-                             openings={ex.prompt: ex.prefill for ex in harmful})
-            for ex in harmful:
+        if continuations:
+            forced = [ex for ex in continuations if ex.prefill]
+            plain = [ex for ex in continuations if not ex.prefill]
+            answers = answer([ex.prompt for ex in plain], max_new_tokens=self.continuation_tokens) if plain else {}
+            if forced:
+                answers |= answer([ex.prompt for ex in forced], max_new_tokens=self.continuation_tokens,
+                                  openings={ex.prompt: ex.prefill for ex in forced})
+            for ex in continuations:
                 ex.prefill = answers.get(ex.prompt, "")
-            # the base model refused even after the opening: no harmful text to learn from
-            split.train = [ex for ex in split.train if ex.source != CONTINUATION_SOURCE or ex.prefill]
-            rank_zero_info(f"[data] harmful answers for {sum(bool(ex.prefill) for ex in harmful)} of {len(harmful)} "
-                           "harmful-continuation rows")
+            # no usable answer (the base model refused, or it was too short): nothing to learn from
+            split.train = [ex for ex in split.train if not ex.is_continuation or ex.prefill]
+            for label, name in ((1, "harmful"), (0, "benign")):
+                rows = [ex for ex in continuations if ex.label == label]
+                if rows:
+                    rank_zero_info(f"[data] {name} continuations: answers for {sum(bool(ex.prefill) for ex in rows)} "
+                                   f"of {len(rows)} rows")
         del model
 
     def _encode(self, examples: list[TrainingExample], encode, name: str) -> tuple[list[EncodedExample], list[TrainingExample]]:

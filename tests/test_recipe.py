@@ -13,7 +13,7 @@ import torch
 from callbacks.calibration import CalibrateThreshold, auroc, first_verdicts, pick_threshold, rates
 from datamodules import self_distill
 from datamodules.hard_negatives import (
-    FAMILIES, all_hard_negatives, generate_hard_negatives, template_split, word_ngrams,
+    HARD_NEGATIVE_SOURCE, FAMILIES, all_hard_negatives, generate_hard_negatives, template_split, word_ngrams,
 )
 from datamodules.refusals import refusal_category
 from datamodules.rephrase import STYLES, action_phrase, rephrase, rephrasings
@@ -414,7 +414,8 @@ def test_fit_with_every_lever_on_the_tiny_model(tmp_path):
         "--trainer.max_steps=6", "--trainer.val_check_interval=null",
         "--data.num_harmful=8", "--data.cls_only_harmful=null", "--data.hard_negatives=40", "--data.rephrase_per_prompt=1",
         "--data.cls_only_batch_factor=2", "--data.val_fraction=0.3", "--data.wrapped=6", "--data.cls_only_max_length=512",
-        "--data.harmful_continuations=4", "--data.harmful_continuation_tokens=6",
+        "--data.harmful_continuations=4", "--data.continuation_tokens=6", "--data.benign_continuations=4",
+        "--data.forced_opening_fraction=0.5",
         "--trainer.callbacks+=callbacks.calibration.CalibrateThreshold", "--trainer.callbacks.target_fpr=0.2",
         "--trainer.callbacks+=callbacks.export.ExportPretrained", f"--trainer.callbacks.dirpath={tmp_path / 'export'}",
     ], cwd=tmp_path)
@@ -525,6 +526,38 @@ def test_build_mix_adds_harmful_continuation_rows_on_the_training_side_only():
     again = build_mix(_records(80, 1, "hack"), _records(200, 0, "soup"), num_harmful=10, benign_per_harmful=1.0,
                       prefill_fraction=0.0, val_fraction=0.3, seed=0, harmful_continuations=30)
     assert [ex.prefill for ex in again.train if ex.source == CONTINUATION_SOURCE] == [ex.prefill for ex in rows]
+
+
+def test_continuations_from_named_sources_benign_negatives_and_plain_answers(tiny_module):
+    """Harmful continuations come only from `continuation_sources`; benign continuations turn training
+    classification-only benign rows (half hard negatives, half chat) into label-0 prefill rows; the
+    forced/plain choice is per prompt, and with every opening forced the openings are unchanged."""
+    from datamodules.safety_mix import CONTINUATION_SOURCE
+
+    harmful = _records(60, 1, "hack") + _records(60, 1, "steal")
+    negatives = generate_hard_negatives(120, seed=0)
+    common = dict(num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.0, val_fraction=0.3, seed=0,
+                  cls_only_harmful=40, hard_negatives=negatives, harmful_continuations=30)
+    split = build_mix(harmful, _records(300, 0, "soup"), continuation_sources=["steal"], benign_continuations=20,
+                      forced_opening_fraction=0.5, **common)
+    rows = [ex for ex in split.train if ex.is_continuation]
+    bad = [ex for ex in rows if ex.label == 1 and "steal" not in ex.prompt]
+    assert not bad and sum(ex.source == CONTINUATION_SOURCE for ex in rows) == 30
+    benign = [ex for ex in rows if ex.label == 0]
+    assert len(benign) == 20 and not any(ex.prefill_harmful for ex in benign)
+    assert sum(ex.source == HARD_NEGATIVE_SOURCE for ex in benign) == 10
+    assert not {ex.prompt for ex in benign} & {ex.prompt for ex in split.train if not ex.is_continuation}
+    forced = [ex for ex in rows if ex.prefill]
+    assert 0 < len(forced) < len(rows) and all(ex.prefill.startswith("Sure") for ex in forced)
+    again = build_mix(harmful, _records(300, 0, "soup"), continuation_sources=["steal"], benign_continuations=20,
+                      forced_opening_fraction=1.0, **common)
+    openings = {ex.prompt: ex.prefill for ex in again.train if ex.is_continuation}
+    assert all(openings[ex.prompt] == ex.prefill for ex in forced)
+    # encoded, a benign continuation trains every window over the answer as benign, with no LM target
+    row = encode_example(tiny_module.tokenizer, benign[0].prompt, "", 0, tiny_module.safety, ProbeConfig(),
+                         prefill="Sure, here it is. " * 8, classify_only=True)
+    assert len(row.probes) > 2 and {label for *_, label in row.probes} == {0}
+    assert all(t == -100 for t in row.lm_targets)
 
 
 def test_length_grouped_batches_pad_less_and_still_cover_every_row_once():
