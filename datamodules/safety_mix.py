@@ -6,8 +6,8 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
 from functools import partial
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -222,8 +222,8 @@ def build_mix(
             for item in val_hn if item.prompt not in taken
         ]
     if benign_continuations > 0:
-        plain = [i for i, ex in enumerate(split.train) if ex.label == 0 and ex.classify_only and not ex.prefill
-                 and ex.source not in (WRAPPED_SOURCE, REPHRASE_SOURCE)]
+        plain = [i for i, ex in enumerate(split.train)
+                 if ex.label == 0 and ex.classify_only and not ex.prefill and ex.source != WRAPPED_SOURCE]
         looks = [i for i in plain if split.train[i].source == HARD_NEGATIVE_SOURCE]
         chat = [i for i in plain if split.train[i].source != HARD_NEGATIVE_SOURCE]
         n_looks = min(len(looks), max(benign_continuations - len(chat), (benign_continuations + 1) // 2))
