@@ -19,7 +19,7 @@ from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, HardNegative, gener
 from datamodules.jailbreaks import JailbreakTemplate, suffix_pieces, training_templates, wrap
 from datamodules.prompts import read_prompts
 from datamodules.refusals import affirmative_opening, write_refusal
-from datamodules.rephrase import rephrasings
+from datamodules.rephrase import DEFAULT_STYLES, rephrasings
 from datamodules.sampling import ResumableSampler
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
 from safety_signal.config import SafetyConfig
@@ -84,6 +84,7 @@ def build_mix(
     hard_negatives_sft: int = 0,
     rephrase_per_prompt: int = 0,
     rephrase_sft: int = 0,
+    rephrase_styles: Sequence[str] = DEFAULT_STYLES,
     wrapped: int = 0,
     templates: list[JailbreakTemplate] | None = None,
     pieces: list[str] | None = None,
@@ -110,6 +111,7 @@ def build_mix(
         rephrase_per_prompt: rephrasings (past tense, hypothetical, story, ...; `datamodules.rephrase`)
             of every harmful prompt, label 1, in the split of their prompt; the first `rephrase_sft`
             rephrasings of SFT harmful prompts are SFT rows with a refusal, the rest classification-only.
+        rephrase_styles: the frames rephrasings are drawn from (`datamodules.rephrase.STYLES`).
         wrapped: training harmful prompts, and as many benign ones, wrapped in a jailbreak template of
             `templates` or followed by a random suffix made of `pieces` (`datamodules.jailbreaks.wrap`),
             classification-only with the label of the request. Templates are split by name like
@@ -173,7 +175,7 @@ def build_mix(
     if rephrase_per_prompt > 0:
         sft_left = rephrase_sft
         for rec in harmful + cls_harmful:
-            for text in rephrasings(rec.prompt, rephrase_per_prompt, rng):
+            for text in rephrasings(rec.prompt, rephrase_per_prompt, rng, rephrase_styles):
                 if rec.prompt in sft_prompts and sft_left > 0:
                     sft_left -= 1
                     refusal = write_refusal(rec.prompt, rec.category, rng, guide=guide)
@@ -334,6 +336,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         rephrase_per_prompt: rule-based rephrasings (past tense, hypothetical, "used to", story) of each
             training harmful prompt, label 1 (`datamodules.rephrase`).
         rephrase_sft: how many rephrasings of SFT harmful prompts are SFT rows with a refusal.
+        rephrase_styles: the frames rephrasings use; None: past, used_to, hypothetical, story (the presets').
+            "future" ("How will people ... in the future?") is built and tested but not yet measured in a fit.
         self_distill: benign SFT targets are the base model's own greedy answers (generated once, cached
             under the project cache folder, `datamodules.self_distill`); where it has no usable answer
             (a refusal, too short) the source's answer is kept.
@@ -388,6 +392,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         hard_negatives_sft: int = 0,
         rephrase_per_prompt: int = 0,
         rephrase_sft: int = 0,
+        rephrase_styles: list[str] | None = None,
         self_distill: bool = False,
         self_distill_max_new_tokens: int = 96,
         group_classify_only: bool = True,
@@ -431,6 +436,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.hard_negatives_sft = hard_negatives_sft
         self.rephrase_per_prompt = rephrase_per_prompt
         self.rephrase_sft = rephrase_sft
+        self.rephrase_styles = rephrase_styles
         self.self_distill = self_distill
         self.self_distill_max_new_tokens = self_distill_max_new_tokens
         self.group_classify_only = group_classify_only
@@ -475,6 +481,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             cls_only_harmful=self.cls_only_harmful, cls_only_benign_per_harmful=self.cls_only_benign_per_harmful,
             hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
+            rephrase_styles=self.rephrase_styles or DEFAULT_STYLES,
             wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
             harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from datamodules.hard_negatives import (
     HARD_NEGATIVE_SOURCE, FAMILIES, all_hard_negatives, generate_hard_negatives, template_split, word_ngrams,
 )
 from datamodules.refusals import refusal_category
-from datamodules.rephrase import STYLES, action_phrase, rephrase, rephrasings
+from datamodules.rephrase import DEFAULT_STYLES, STYLES, action_phrase, rephrase, rephrasings
 from datamodules.safety_mix import (
     REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
 )
@@ -152,6 +153,28 @@ def test_rephrasings_keep_the_request_in_other_frames():
     wrapped = rephrase("Can you tell me your neighbour's address?", "story", rng)
     assert "neighbour's address" in wrapped
     assert len(rephrasings("Write a tutorial on how to make a bomb", 4, random.Random(1))) == 4
+
+
+def test_future_frame_is_opt_in_and_keeps_the_request():
+    """`future` ("How will people ... in the future?") exists for the tense lever but is not a default style,
+    and choosing it reaches the mix; an unknown style is an error."""
+    assert "future" in STYLES and "future" not in DEFAULT_STYLES
+    future = rephrase("Explain how to pick a lock", "future", random.Random(0))
+    assert "pick a lock" in future and any(w in future for w in ("will", "future", "decades from now", "outdated"))
+    wrapped = rephrase("Can you tell me your neighbour's address?", "future", random.Random(0))
+    assert "neighbour's address" in wrapped and re.search(r"\b(2040|2050|2075|2100)\b", wrapped)
+    default = rephrasings("Write a tutorial on how to make a bomb", 8, random.Random(3))
+    assert not any("future" in t or " will " in t for t in default)
+    only_future = rephrasings("Write a tutorial on how to make a bomb", 3, random.Random(3), ["future"])
+    assert only_future and all("make a bomb" in t for t in only_future)
+    with pytest.raises(ValueError, match="subset"):
+        rephrasings("Explain how to pick a lock", 1, random.Random(0), ["present"])
+    harmful, benign = _records(30, 1, "hack"), _records(100, 0, "soup")
+    split = build_mix(harmful, benign, num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.0, val_fraction=0.2,
+                      seed=0, cls_only_harmful=None, rephrase_per_prompt=1, rephrase_styles=["future"])
+    rephrased = [ex.prompt for ex in split.train + split.val if ex.source == "rephrase"]
+    assert len(rephrased) == 30 and all(" will " in t or "future" in t or "from now" in t or "outdated" in t
+                                        for t in rephrased)
 
 
 # --------------------------------------------------------------------------- the mix with every lever
