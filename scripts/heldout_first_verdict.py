@@ -11,8 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
-export, out_path = (sys.argv[1:3] + ['runs/demo/export', 'reports/heldout_first_verdict.json'][len(sys.argv[1:3]):])
-torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+args = sys.argv[1:]
+export = args[0] if len(args) > 0 else 'runs/demo/export'
+out_path = args[1] if len(args) > 1 else 'reports/heldout_first_verdict.json'
+torch.set_num_threads(int(args[2]) if len(args) > 2 else 1)
 from callbacks.calibration import first_verdicts
 from evaluation.attacks import held_out_harmful, held_out_benign
 from evaluation.stats import auroc, bootstrap_auroc_ci, rate_record

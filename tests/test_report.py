@@ -13,6 +13,7 @@ from evaluation.report import (
     ABLATIONS, BASE, METHOD, SFT, ReportConfig, column_from_report, build_summary, load_config, main, reusable_columns,
     run_report, to_markdown, write_report,
 )
+from evaluation.attacks import default_answers_path
 from evaluation.stats import mcnemar_exact, wilson
 from evaluation.suite import SafetySuite, SuiteConfig
 from safety_signal.config import SafetyConfig
@@ -138,7 +139,7 @@ def test_report_command_line_on_exported_models(tmp_path, tiny_method):
 
 
 @pytest.mark.slow
-def test_report_without_base_column_still_writes_the_prefill_answers(tmp_path, tiny_module, tiny_method):
+def test_report_without_base_column_still_writes_the_prefill_answers(tmp_path, monkeypatch, tiny_module, tiny_method):
     """`--no_base` on a machine with no harmful-answer cache: the base model writes the prefill-N answers
     (the same ones a run with the base column writes), and no base column is answered."""
     config = tiny_config(tmp_path)
@@ -162,6 +163,14 @@ def test_report_without_base_column_still_writes_the_prefill_answers(tmp_path, t
     # Cached answers and no base column: the base model is not loaded at all.
     run_report(config, lambda: tiny_method, base, None, {BASE: "", SFT: "", METHOD: "m"}, progress=False)
     assert loads == [1, 1]
+    # No answers file set (the command line's default): they are cached under the base model's name, and the
+    # suite settings stay as given, so the report can be reused by a run with the base column.
+    monkeypatch.setenv("SAFETY_SIGNAL_CACHE", str(tmp_path / "cache"))
+    config.suite.harmful_answers = None
+    result = run_report(config, lambda: tiny_method, base, None, {BASE: "", SFT: "", METHOD: "m"}, progress=False,
+                        answers_model="tiny-base")
+    assert json.loads(default_answers_path("tiny-base").read_text())["answers"] == answers
+    assert result["config"]["suite"]["harmful_answers"] is None and loads == [1, 1, 1]
 
 
 def _same(a, b) -> bool:
