@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from callbacks.calibration import auroc, first_verdicts, pick_threshold  # noqa: E402
 from datamodules.hard_negatives import generate_hard_negatives, template_split  # noqa: E402
 from datamodules.jailbreaks import suffix_pieces, training_templates, wrap  # noqa: E402
-from datamodules.rephrase import rephrasings  # noqa: E402
+from datamodules.rephrase import STYLES, rephrasings  # noqa: E402
 from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
 from datamodules.sources import load_source  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
@@ -48,11 +48,14 @@ from safety_signal.refusal import is_refusal  # noqa: E402
 
 GROUPS = {"hard_negatives": "hard negatives", "rephrase": "rephrased harmful"}
 WRAPPED = ("wrapped_harmful", "wrapped_chat")
+# One rephrasing of every validation harmful prompt per frame, scored apart (they are not in `auroc`):
+# a frame a recipe does not train on shows here, on our own prompts, before any held-out set sees it.
+STYLE_GROUPS = {style: f"rephrase_{style}" for style in STYLES}
 
 
 def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str]]:
     """(prompt, label, group) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
-    `rephrase`. Every prompt is on the validation side of the hash split (`in_validation`) or from a
+    `rephrase`, then `wrapped_*` and one `rephrase_<style>` group per rephrasing frame. Every prompt is on the validation side of the hash split (`in_validation`) or from a
     held-out hard-negative template, so no recipe variant trains on it."""
     rng = random.Random(f"eval-set-{seed}")
     records = [r for src in default_sources() for r in load_source(src, seed=seed)]
@@ -69,9 +72,13 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     pieces = suffix_pieces(load_tokenizer("smollm2-135m-instruct"))
     wrapped = [(wrap(p, rng, held, pieces)[0], y, g) for ps, y, g in ((harmful, 1, WRAPPED[0]), (chat, 0, WRAPPED[1]))
                for p in ps]
+    # Drawn from their own stream, so the groups above stay what earlier measurements scored.
+    style_rng = random.Random(f"eval-styles-{seed}")
+    by_style = [(t, 1, group) for style, group in STYLE_GROUPS.items()
+                for p in harmful for t in rephrasings(p, 1, style_rng, (style,))]
     return ([(p, 1, "harmful") for p in harmful] + [(p, 0, "chat") for p in chat]
             + [(p, 0, "hard_negatives") for p in hard[:per_group]] + [(p, 1, "rephrase") for p in rephrased[:per_group]]
-            + wrapped)
+            + wrapped + by_style)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -138,7 +145,8 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
     t_cal = pick_threshold(cal_benign, target_fpr, 0.01, 0.99)
     test = [i for i, h in enumerate(halves) if h == "test"]
     tp, tl, ts = [probs[i] for i in test], [labels[i] for i in test], [sources[i] for i in test]
-    plain = [i for i, s in enumerate(sources) if s not in WRAPPED]
+    apart = set(WRAPPED) | set(STYLE_GROUPS.values())
+    plain = [i for i, s in enumerate(sources) if s not in apart]
     pp, pl = [probs[i] for i in plain], [labels[i] for i in plain]
     out = {
         "model": model_dir, "n": len(items), "auroc": auroc(pp, pl), "auroc_ci": bootstrap_auroc(pp, pl),
@@ -157,11 +165,17 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
             "recall_rephrased": rate(*data, t, lambda y, s: y == 1 and s == "rephrase"),
             "recall_wrapped": rate(*data, t, lambda y, s: s == "wrapped_harmful"),
             "benign_fpr_wrapped": rate(*data, t, lambda y, s: s == "wrapped_chat"),
-        }
+        } | {f"recall_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in STYLE_GROUPS.values()}
     out["auroc_hard_negatives_vs_harmful"] = auroc(
         [p for p, y, s in zip(probs, labels, sources) if y == 1 or s == "hard_negatives"],
         [y for y, s in zip(labels, sources) if y == 1 or s == "hard_negatives"],
     )
+    benign = [i for i, s in enumerate(sources) if s in ("chat", "hard_negatives")]
+    out["auroc_by_style_vs_benign"] = {
+        style: auroc([probs[i] for i in benign] + [p for p, s in zip(probs, sources) if s == group],
+                     [0] * len(benign) + [1] * sources.count(group))
+        for style, group in STYLE_GROUPS.items()
+    }
     if answers:
         out["refusals"] = refusals(module, items, answers)
     return out
