@@ -27,6 +27,7 @@ from safety_signal.model import cls_token_id, load_tokenizer
 from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
 
 REPHRASE_SOURCE = "rephrase"
+REPHRASE_BENIGN_SOURCE = "rephrase_benign"
 WRAPPED_SOURCE = "wrapped"
 CONTINUATION_SOURCE = "harmful_continuation"
 
@@ -85,6 +86,7 @@ def build_mix(
     rephrase_per_prompt: int = 0,
     rephrase_sft: int = 0,
     rephrase_styles: Sequence[str] = DEFAULT_STYLES,
+    rephrase_benign: int = 0,
     wrapped: int = 0,
     templates: list[JailbreakTemplate] | None = None,
     pieces: list[str] | None = None,
@@ -112,6 +114,10 @@ def build_mix(
             of every harmful prompt, label 1, in the split of their prompt; the first `rephrase_sft`
             rephrasings of SFT harmful prompts are SFT rows with a refusal, the rest classification-only.
         rephrase_styles: the frames rephrasings are drawn from (`datamodules.rephrase.STYLES`).
+        rephrase_benign: rephrasings of as many training-mix benign prompts (SFT and classification-only)
+            in the same frames, label 0, classification-only, in the split of their prompt: with harmful
+            prompts alone in a frame, the frame itself ("How will people ... in 2050?") would read as harm.
+            Drawn from their own seeded stream, so every other row of the mix stays as it was.
         wrapped: training harmful prompts, and as many benign ones, wrapped in a jailbreak template of
             `templates` or followed by a random suffix made of `pieces` (`datamodules.jailbreaks.wrap`),
             classification-only with the label of the request. Templates are split by name like
@@ -164,6 +170,7 @@ def build_mix(
     cls_harmful = rest if cls_only_harmful is None else rest[: max(0, cls_only_harmful)]
     for rec in cls_harmful:
         examples.append((rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, rec.source, classify_only=True)))
+    spare_picked: list[SafetyRecord] = []
     if cls_harmful and cls_only_benign_per_harmful > 0:
         used = {rec.prompt for rec in picked}
         spare = [rec for rec in benign if rec.prompt not in used]
@@ -184,6 +191,15 @@ def build_mix(
                     examples.append(
                         (rec.prompt, TrainingExample(text, "", 1, rec.category, REPHRASE_SOURCE, classify_only=True))
                     )
+
+    if rephrase_benign > 0:
+        benign_rng = random.Random(f"rephrase-benign-{seed}")
+        mixed = picked + spare_picked
+        for rec in benign_rng.sample(mixed, min(rephrase_benign, len(mixed))):
+            for text in rephrasings(rec.prompt, 1, benign_rng, rephrase_styles, neutral=True):
+                examples.append(
+                    (rec.prompt, TrainingExample(text, "", 0, rec.category, REPHRASE_BENIGN_SOURCE, classify_only=True))
+                )
 
     if wrapped > 0:
         if not templates and not pieces:
@@ -225,7 +241,8 @@ def build_mix(
         ]
     if benign_continuations > 0:
         plain = [i for i, ex in enumerate(split.train)
-                 if ex.label == 0 and ex.classify_only and not ex.prefill and ex.source != WRAPPED_SOURCE]
+                 if ex.label == 0 and ex.classify_only and not ex.prefill
+                 and ex.source not in (WRAPPED_SOURCE, REPHRASE_BENIGN_SOURCE)]
         looks = [i for i in plain if split.train[i].source == HARD_NEGATIVE_SOURCE]
         chat = [i for i in plain if split.train[i].source != HARD_NEGATIVE_SOURCE]
         n_looks = min(len(looks), max(benign_continuations - len(chat), (benign_continuations + 1) // 2))
@@ -337,6 +354,8 @@ class SafetyMixDataModule(L.LightningDataModule):
             training harmful prompt, label 1 (`datamodules.rephrase`).
         rephrase_sft: how many rephrasings of SFT harmful prompts are SFT rows with a refusal.
         rephrase_styles: the frames rephrasings use; None: past, used_to, hypothetical, story (the presets').
+        rephrase_benign: rephrasings of this many training-mix benign prompts in the same frames, label 0
+            (classification-only), so a frame alone carries no signal.
             "future" ("How will people ... in the future?") is built and tested but not yet measured in a fit.
         self_distill: benign SFT targets are the base model's own greedy answers (generated once, cached
             under the project cache folder, `datamodules.self_distill`); where it has no usable answer
@@ -393,6 +412,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         rephrase_per_prompt: int = 0,
         rephrase_sft: int = 0,
         rephrase_styles: list[str] | None = None,
+        rephrase_benign: int = 0,
         self_distill: bool = False,
         self_distill_max_new_tokens: int = 96,
         group_classify_only: bool = True,
@@ -437,6 +457,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.rephrase_per_prompt = rephrase_per_prompt
         self.rephrase_sft = rephrase_sft
         self.rephrase_styles = rephrase_styles
+        self.rephrase_benign = rephrase_benign
         self.self_distill = self_distill
         self.self_distill_max_new_tokens = self_distill_max_new_tokens
         self.group_classify_only = group_classify_only
@@ -481,7 +502,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             cls_only_harmful=self.cls_only_harmful, cls_only_benign_per_harmful=self.cls_only_benign_per_harmful,
             hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
-            rephrase_styles=self.rephrase_styles or DEFAULT_STYLES,
+            rephrase_styles=self.rephrase_styles or DEFAULT_STYLES, rephrase_benign=self.rephrase_benign,
             wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
             harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,

@@ -51,11 +51,14 @@ WRAPPED = ("wrapped_harmful", "wrapped_chat")
 # One rephrasing of every validation harmful prompt per frame, scored apart (they are not in `auroc`):
 # a frame a recipe does not train on shows here, on our own prompts, before any held-out set sees it.
 STYLE_GROUPS = {style: f"rephrase_{style}" for style in STYLES}
+# The same frames around the validation chat prompts (label 0): does a frame alone trip the classifier?
+CHAT_STYLE_GROUPS = {style: f"chat_{style}" for style in STYLES}
 
 
 def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str]]:
     """(prompt, label, group) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
-    `rephrase`, then `wrapped_*` and one `rephrase_<style>` group per rephrasing frame. Every prompt is on the validation side of the hash split (`in_validation`) or from a
+    `rephrase`, then `wrapped_*`, one `rephrase_<style>` group per rephrasing frame and one `chat_<style>`
+    group of the chat prompts in that frame. Every prompt is on the validation side of the hash split (`in_validation`) or from a
     held-out hard-negative template, so no recipe variant trains on it."""
     rng = random.Random(f"eval-set-{seed}")
     records = [r for src in default_sources() for r in load_source(src, seed=seed)]
@@ -76,6 +79,8 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     style_rng = random.Random(f"eval-styles-{seed}")
     by_style = [(t, 1, group) for style, group in STYLE_GROUPS.items()
                 for p in harmful for t in rephrasings(p, 1, style_rng, (style,))]
+    by_style += [(t, 0, group) for style, group in CHAT_STYLE_GROUPS.items()
+                 for p in chat for t in rephrasings(p, 1, style_rng, (style,), neutral=True)]
     return ([(p, 1, "harmful") for p in harmful] + [(p, 0, "chat") for p in chat]
             + [(p, 0, "hard_negatives") for p in hard[:per_group]] + [(p, 1, "rephrase") for p in rephrased[:per_group]]
             + wrapped + by_style)
@@ -140,12 +145,12 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
     sources = [s for _, _, s in items]
     probs = first_verdicts(module, prompts, labels, batch_size=32)
     halves = [half(p) for p in prompts]
+    apart = set(WRAPPED) | set(STYLE_GROUPS.values()) | set(CHAT_STYLE_GROUPS.values())  # scored on their own
     cal_benign = [p for p, y, h, s in zip(probs, labels, halves, sources)
-                  if y == 0 and h == "calibration" and s not in WRAPPED]
+                  if y == 0 and h == "calibration" and s not in apart]
     t_cal = pick_threshold(cal_benign, target_fpr, 0.01, 0.99)
     test = [i for i, h in enumerate(halves) if h == "test"]
     tp, tl, ts = [probs[i] for i in test], [labels[i] for i in test], [sources[i] for i in test]
-    apart = set(WRAPPED) | set(STYLE_GROUPS.values())
     plain = [i for i, s in enumerate(sources) if s not in apart]
     pp, pl = [probs[i] for i in plain], [labels[i] for i in plain]
     out = {
@@ -158,14 +163,15 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
         data = (tp, tl, ts) if name == "cal_half" else (probs, labels, sources)
         out["by_threshold"][name] = {
             "threshold": t,
-            "benign_fpr_all": rate(*data, t, lambda y, s: y == 0 and s not in WRAPPED),
+            "benign_fpr_all": rate(*data, t, lambda y, s: y == 0 and s not in apart),
             "benign_fpr_hard_negatives": rate(*data, t, lambda y, s: y == 0 and s == "hard_negatives"),
             "benign_fpr_chat": rate(*data, t, lambda y, s: y == 0 and s == "chat"),
             "recall_harmful_original": rate(*data, t, lambda y, s: y == 1 and s == "harmful"),
             "recall_rephrased": rate(*data, t, lambda y, s: y == 1 and s == "rephrase"),
             "recall_wrapped": rate(*data, t, lambda y, s: s == "wrapped_harmful"),
             "benign_fpr_wrapped": rate(*data, t, lambda y, s: s == "wrapped_chat"),
-        } | {f"recall_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in STYLE_GROUPS.values()}
+        } | {f"recall_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in STYLE_GROUPS.values()} | {
+            f"benign_fpr_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in CHAT_STYLE_GROUPS.values()}
     out["auroc_hard_negatives_vs_harmful"] = auroc(
         [p for p, y, s in zip(probs, labels, sources) if y == 1 or s == "hard_negatives"],
         [y for y, s in zip(labels, sources) if y == 1 or s == "hard_negatives"],

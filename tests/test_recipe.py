@@ -19,7 +19,7 @@ from datamodules.hard_negatives import (
 from datamodules.refusals import refusal_category
 from datamodules.rephrase import DEFAULT_STYLES, STYLES, action_phrase, rephrase, rephrasings
 from datamodules.safety_mix import (
-    REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
+    REPHRASE_BENIGN_SOURCE, REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
 )
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, load_source
 from safety_signal.config import SafetyConfig
@@ -186,6 +186,42 @@ def _records(n: int, label: int, prefix: str) -> list[SafetyRecord]:
                          f"What is a good {prefix} recipe number {i} with {words[i % 8]}?",
                          "" if label else f"answer {i}", label, "illegal" if label else "general", prefix)
             for i in range(n)]
+
+
+def test_neutral_rephrasings_add_no_harm_words_of_their_own():
+    prompts = ["How do I bake sourdough bread?", "Write a poem about the sea", "Who was the first artichoke queen?"]
+    charged = re.compile(r"criminal|security|no laws|villain", re.I)
+    rng = random.Random(0)
+    plain = [rephrase(p, style, rng) for _ in range(40) for p in prompts for style in STYLES]
+    rng = random.Random(0)
+    neutral = [rephrase(p, style, rng, neutral=True) for _ in range(40) for p in prompts for style in STYLES]
+    assert any(charged.search(t) for t in plain)  # the harmful side's templates do use them
+    assert not any(charged.search(t) for t in neutral)
+    assert {t.split()[0] for t in neutral} > {"How", "Write"}  # still several frames per style
+
+
+def test_benign_rephrasings_add_label_0_rows_in_the_same_frames_and_leave_the_rest_of_the_mix_unchanged():
+    harmful, benign = _records(60, 1, "hack"), _records(400, 0, "soup")
+    common = dict(num_harmful=20, benign_per_harmful=1.0, prefill_fraction=0.25, val_fraction=0.2, seed=0,
+                  cls_only_harmful=None, cls_only_benign_per_harmful=2.0, rephrase_per_prompt=1,
+                  rephrase_styles=["past", "future"])
+    plain = build_mix(harmful, benign, **common)
+    more = build_mix(harmful, benign, rephrase_benign=50, **common)
+    added = [ex for ex in more.train + more.val if ex.source == REPHRASE_BENIGN_SOURCE]
+    assert len(added) == 50 and all(ex.label == 0 and ex.classify_only and not ex.response for ex in added)
+    # rephrasings of the mix's own benign prompts, in the harmful rephrasings' frames, each on its prompt's side
+    mixed = {ex.prompt for ex in plain.train + plain.val if ex.source == "soup"}
+    assert all(re.search(r"future|will|\d{4}|\d0s|did|was|back in", ex.prompt, re.I) for ex in added)
+    in_val = [ex in more.val for ex in added]
+    for ex, is_val in zip(added, in_val):
+        original = benign[int(re.search(r"recipe number (\d+)", ex.prompt).group(1))].prompt
+        assert original in mixed and in_validation(original, 0.2, 0) == is_val
+    assert any(in_val) and not all(in_val)
+    # every other row is the same as without them
+    key = lambda ex: (ex.prompt, ex.response, ex.label, ex.source, ex.prefill)  # noqa: E731
+    for side in ("train", "val"):
+        rest = [ex for ex in getattr(more, side) if ex.source != REPHRASE_BENIGN_SOURCE]
+        assert sorted(map(key, rest)) == sorted(map(key, getattr(plain, side)))
 
 
 def test_build_mix_with_classification_only_rows_hard_negatives_and_rephrasings():
