@@ -25,7 +25,7 @@ import re
 from typing import Sequence
 
 STYLES = ("past", "used_to", "hypothetical", "story", "future")
-DEFAULT_STYLES = STYLES[:4]  # the shipped recipes' styles; `future` is a lever not yet measured
+DEFAULT_STYLES = STYLES[:4]  # the shipped recipes' styles; `future` is opt-in (reports/recipe.md, Result 7)
 
 _ACTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "past": (

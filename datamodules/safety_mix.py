@@ -354,9 +354,9 @@ class SafetyMixDataModule(L.LightningDataModule):
             training harmful prompt, label 1 (`datamodules.rephrase`).
         rephrase_sft: how many rephrasings of SFT harmful prompts are SFT rows with a refusal.
         rephrase_styles: the frames rephrasings use; None: past, used_to, hypothetical, story (the presets').
+            "future" ("How will people ... in the future?") is opt-in (measured: reports/recipe.md, Result 7).
         rephrase_benign: rephrasings of this many training-mix benign prompts in the same frames, label 0
-            (classification-only), so a frame alone carries no signal.
-            "future" ("How will people ... in the future?") is built and tested but not yet measured in a fit.
+            (classification-only), so a frame alone carries no signal (reports/recipe.md, Result 7).
         self_distill: benign SFT targets are the base model's own greedy answers (generated once, cached
             under the project cache folder, `datamodules.self_distill`); where it has no usable answer
             (a refusal, too short) the source's answer is kept.
