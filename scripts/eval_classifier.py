@@ -58,8 +58,8 @@ CHAT_STYLE_GROUPS = {style: f"chat_{style}" for style in STYLES}
 def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str]]:
     """(prompt, label, group) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
     `rephrase`, then `wrapped_*`, one `rephrase_<style>` group per rephrasing frame and one `chat_<style>`
-    group of the chat prompts in that frame. Every prompt is on the validation side of the hash split (`in_validation`) or from a
-    held-out hard-negative template, so no recipe variant trains on it."""
+    group of the chat prompts in that frame. Every prompt is on the validation side of the hash split
+    (`in_validation`) or from a held-out hard-negative template, so no recipe variant trains on it."""
     rng = random.Random(f"eval-set-{seed}")
     records = [r for src in default_sources() for r in load_source(src, seed=seed)]
     harmful = sorted({r.prompt for r in records if r.label == 1 and in_validation(r.prompt, val_fraction, seed)})
