@@ -301,11 +301,16 @@ def test_sft_baseline_module_never_attends_cls():
     assert yaml_config["model"]["safety"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
 
 
-def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
-    """The report's SFT column is only a baseline if it saw the demo's data with the demo's optimiser:
-    `main.py fit --config conf/demo.yaml --config conf/sft_baseline.yaml` through main.py's own parser
-    is the demo's configuration with the safety signal off, the whole refusal (guide included) as LM
-    target (with no classifier the LM is what refuses) and its own output folders, nothing else."""
+@pytest.mark.parametrize("recipe, overlay, run, base_model", [
+    ("demo.yaml", "sft_baseline.yaml", "demo", None),
+    ("gemma3-270m.yaml", "gemma3-270m-sft-baseline.yaml", "gemma3-270m", "gemma3-270m"),
+])
+def test_sft_baseline_config_trains_on_the_method_data_and_recipe(capsys, recipe, overlay, run, base_model):
+    """The report's SFT column is only a baseline if it saw the method's data with the method's optimiser:
+    `main.py fit --config conf/<recipe> --config conf/<overlay>` through main.py's own parser is the
+    method's configuration with the safety signal off, the whole refusal (guide included) as LM target
+    (with no classifier the LM is what refuses) and its own output folders, nothing else; Gemma's baseline
+    starts from the base model, not from the method's pretraining-phase export."""
     import copy
 
     import yaml
@@ -317,20 +322,22 @@ def test_sft_baseline_config_trains_on_the_demo_data_and_recipe(capsys):
             cli_main(["fit", *(a for c in configs for a in ("--config", str(ROOT / "conf" / c))), "--print_config"])
         return yaml.safe_load(capsys.readouterr().out)
 
-    demo, baseline = printed("demo.yaml"), printed("demo.yaml", "sft_baseline.yaml")
-    assert demo["model"]["safety"]["use_cls"] is True and demo["model"]["cls_weight"] > 0
-    assert demo["data"]["train_guide"] is False
-    expected = copy.deepcopy(demo)
+    method, baseline = printed(recipe), printed(recipe, overlay)
+    assert method["model"]["safety"]["use_cls"] is True and method["model"]["cls_weight"] > 0
+    baseline_run = "runs/" + overlay.removesuffix(".yaml")
+    expected = copy.deepcopy(method)
     expected["model"]["safety"]["use_cls"] = False
     expected["model"]["cls_weight"] = 0.0
     expected["data"]["train_guide"] = True
-    expected["trainer"]["default_root_dir"] = expected["trainer"]["logger"]["init_args"]["save_dir"] = "runs/sft_baseline"
+    if base_model is not None:
+        expected["model"]["model_name"] = base_model
+    expected["trainer"]["default_root_dir"] = expected["trainer"]["logger"]["init_args"]["save_dir"] = baseline_run
     for callback in expected["trainer"]["callbacks"]:
         if "dirpath" in callback["init_args"]:
-            callback["init_args"]["dirpath"] = callback["init_args"]["dirpath"].replace("runs/demo/", "runs/sft_baseline/")
+            callback["init_args"]["dirpath"] = callback["init_args"]["dirpath"].replace(f"runs/{run}/", f"{baseline_run}/")
     assert baseline == expected
     assert {c["init_args"].get("dirpath") for c in baseline["trainer"]["callbacks"]} == {
-        "runs/sft_baseline/checkpoints", None, "runs/sft_baseline/export"}
+        f"{baseline_run}/checkpoints", None, f"{baseline_run}/export"}
 
 
 @pytest.mark.slow
