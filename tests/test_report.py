@@ -301,11 +301,12 @@ def test_sft_baseline_module_never_attends_cls():
     assert yaml_config["model"]["safety"]["use_cls"] is False and yaml_config["model"]["cls_weight"] == 0.0
 
 
-@pytest.mark.parametrize("recipe, overlay, run, base_model", [
-    ("demo.yaml", "sft_baseline.yaml", "demo", None),
-    ("gemma3-270m.yaml", "gemma3-270m-sft-baseline.yaml", "gemma3-270m", "gemma3-270m"),
+@pytest.mark.parametrize("recipe, overlay, method_trains_guide, base_model", [
+    ("demo.yaml", "sft_baseline.yaml", False, None),
+    ("gemma3-270m.yaml", "gemma3-270m-sft-baseline.yaml", True, "gemma3-270m"),
 ])
-def test_sft_baseline_config_trains_on_the_method_data_and_recipe(capsys, recipe, overlay, run, base_model):
+def test_sft_baseline_config_trains_on_the_method_data_and_recipe(capsys, recipe, overlay, method_trains_guide,
+                                                                  base_model):
     """The report's SFT column is only a baseline if it saw the method's data with the method's optimiser:
     `main.py fit --config conf/<recipe> --config conf/<overlay>` through main.py's own parser is the
     method's configuration with the safety signal off, the whole refusal (guide included) as LM target
@@ -324,7 +325,8 @@ def test_sft_baseline_config_trains_on_the_method_data_and_recipe(capsys, recipe
 
     method, baseline = printed(recipe), printed(recipe, overlay)
     assert method["model"]["safety"]["use_cls"] is True and method["model"]["cls_weight"] > 0
-    baseline_run = "runs/" + overlay.removesuffix(".yaml")
+    assert method["data"]["train_guide"] is method_trains_guide
+    run, baseline_run = "runs/" + recipe.removesuffix(".yaml"), "runs/" + overlay.removesuffix(".yaml")
     expected = copy.deepcopy(method)
     expected["model"]["safety"]["use_cls"] = False
     expected["model"]["cls_weight"] = 0.0
@@ -334,7 +336,7 @@ def test_sft_baseline_config_trains_on_the_method_data_and_recipe(capsys, recipe
     expected["trainer"]["default_root_dir"] = expected["trainer"]["logger"]["init_args"]["save_dir"] = baseline_run
     for callback in expected["trainer"]["callbacks"]:
         if "dirpath" in callback["init_args"]:
-            callback["init_args"]["dirpath"] = callback["init_args"]["dirpath"].replace(f"runs/{run}/", f"{baseline_run}/")
+            callback["init_args"]["dirpath"] = callback["init_args"]["dirpath"].replace(f"{run}/", f"{baseline_run}/")
     assert baseline == expected
     assert {c["init_args"].get("dirpath") for c in baseline["trainer"]["callbacks"]} == {
         f"{baseline_run}/checkpoints", None, f"{baseline_run}/export"}
