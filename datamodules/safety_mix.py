@@ -88,6 +88,7 @@ def build_mix(
     rephrase_styles: Sequence[str] = DEFAULT_STYLES,
     rephrase_benign: int = 0,
     wrapped: int = 0,
+    wrapped_rephrased: float = 0.0,
     templates: list[JailbreakTemplate] | None = None,
     pieces: list[str] | None = None,
     harmful_continuations: int = 0,
@@ -122,6 +123,10 @@ def build_mix(
             `templates` or followed by a random suffix made of `pieces` (`datamodules.jailbreaks.wrap`),
             classification-only with the label of the request. Templates are split by name like
             prompts: a validation prompt is wrapped only in held-out templates, a training one never.
+        wrapped_rephrased: the share of wrapped rows whose request is first put in a `rephrase_styles`
+            frame (harmful: any template, label 1; benign: neutral templates, label 0), so frames meet
+            templates with both labels. The choice and the frame come from their own seeded stream:
+            the wrapped prompts, templates and every other row stay as they were.
         harmful_continuations: training-side harmful prompts whose row is the prompt plus a harmful
             answer as prefill (`prefill_harmful`, filled in later by the base model, `needs_answer`),
             classification-only: the response-window probes learn to flag harmful text, the LM never
@@ -209,9 +214,12 @@ def build_mix(
         train_templates = [t for t in templates if t not in held]
         picks = [(rec, 1) for rec in rng.sample(harmful_all, min(wrapped, len(harmful_all)))]
         picks += [(rec, 0) for rec in rng.sample(benign, min(wrapped, len(benign)))]
+        frame_rng = random.Random(f"wrapped-rephrase-{seed}")
         for rec, label in picks:
             side = held if in_validation(rec.prompt, val_fraction, seed) else train_templates
-            text, _ = wrap(rec.prompt, rng, side, pieces or [])
+            framed = rephrasings(rec.prompt, 1, frame_rng, rephrase_styles, neutral=label == 0) \
+                if frame_rng.random() < wrapped_rephrased else []
+            text, _ = wrap(framed[0] if framed else rec.prompt, rng, side, pieces or [])
             examples.append((rec.prompt, TrainingExample(text, "", label, rec.category, WRAPPED_SOURCE, classify_only=True)))
 
     if harmful_continuations > 0:
@@ -372,6 +380,8 @@ class SafetyMixDataModule(L.LightningDataModule):
             shared by more short rows. Rows longer than `max_length // 2` come `batch_size` to a batch.
         wrapped: training harmful prompts, and as many benign ones, wrapped in a training jailbreak template
             or followed by a random GCG-like suffix, classification-only (`datamodules.jailbreaks`).
+        wrapped_rephrased: the share of wrapped rows whose request is first rephrased in a `rephrase_styles`
+            frame, with either label (`build_mix`).
         cls_only_max_length: the length limit of classification-only rows (None: `max_length`); wrapped
             rows need room for their template.
         harmful_continuations: training harmful prompts that get a classification-only row with the base
@@ -419,6 +429,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         cls_only_batch_factor: int = 1,
         train_guide: bool = True,
         wrapped: int = 0,
+        wrapped_rephrased: float = 0.0,
         cls_only_max_length: int | None = None,
         harmful_continuations: int = 0,
         continuation_sources: list[str] | None = None,
@@ -464,6 +475,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.cls_only_batch_factor = cls_only_batch_factor
         self.train_guide = train_guide
         self.wrapped = wrapped
+        self.wrapped_rephrased = wrapped_rephrased
         self.cls_only_max_length = cls_only_max_length or max_length
         self.harmful_continuations = harmful_continuations
         self.continuation_sources = continuation_sources
@@ -503,7 +515,8 @@ class SafetyMixDataModule(L.LightningDataModule):
             hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
             rephrase_styles=self.rephrase_styles or DEFAULT_STYLES, rephrase_benign=self.rephrase_benign,
-            wrapped=self.wrapped, templates=list(training_templates()) if self.wrapped else None,
+            wrapped=self.wrapped, wrapped_rephrased=self.wrapped_rephrased,
+            templates=list(training_templates()) if self.wrapped else None,
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
             harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,
             benign_continuations=self.benign_continuations, forced_opening_fraction=self.forced_opening_fraction,

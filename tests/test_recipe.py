@@ -537,6 +537,29 @@ def test_wrapped_rows_wrap_both_labels_and_keep_held_out_templates_for_validatio
     assert 20 <= suffixed <= 60  # about half the rows get a suffix instead of a template
 
 
+def test_wrapped_rephrased_frames_the_request_inside_the_wrapper_for_both_labels_and_changes_nothing_else():
+    from datamodules.jailbreaks import JailbreakTemplate
+
+    templates = [JailbreakTemplate(f"toy/t{i}", f"Template {i} says: {{{{ prompt }}}} now") for i in range(20)]
+    common = dict(num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.0, val_fraction=0.3, seed=0, wrapped=40,
+                  templates=templates, pieces=["foo", "Bar", "!", "baz"], rephrase_styles=["past", "future"])
+    harmful, benign = _records(60, 1, "hack"), _records(200, 0, "soup")
+    plain = build_mix(harmful, benign, **common)
+    framed = build_mix(harmful, benign, wrapped_rephrased=0.5, **common)
+    key = lambda ex: (ex.prompt, ex.response, ex.label, ex.source, ex.prefill)  # noqa: E731
+    for side in ("train", "val"):
+        rest = lambda split: sorted(key(ex) for ex in getattr(split, side) if ex.source != WRAPPED_SOURCE)  # noqa: E731
+        assert rest(framed) == rest(plain)
+    before = [ex for ex in plain.train + plain.val if ex.source == WRAPPED_SOURCE]
+    after = [ex for ex in framed.train + framed.val if ex.source == WRAPPED_SOURCE]
+    assert len(after) == len(before) == 80 and sorted(ex.label for ex in after) == sorted(ex.label for ex in before)
+    frame = re.compile(r"\b(will|\d{4}s?|did|was|would|might|back in|used to)\b", re.I)
+    changed = {label: [ex for ex in after if ex.label == label and key(ex) not in set(map(key, before))] for label in (0, 1)}
+    for label, word in ((1, "hack"), (0, "soup")):  # about half the rows of each label, request still readable
+        assert 8 <= len(changed[label]) <= 32, (label, len(changed[label]))
+        assert all(word in ex.prompt and frame.search(ex.prompt) for ex in changed[label])
+
+
 def test_long_classification_only_rows_get_batches_of_their_own_size():
     from datamodules.safety_mix import CLS_LONG, CLS_SHORT, SFT
 
