@@ -554,7 +554,8 @@ def test_wrapped_rephrased_frames_the_request_inside_the_wrapper_for_both_labels
     after = [ex for ex in framed.train + framed.val if ex.source == WRAPPED_SOURCE]
     assert len(after) == len(before) == 80 and sorted(ex.label for ex in after) == sorted(ex.label for ex in before)
     frame = re.compile(r"\b(will|\d{4}s?|did|was|would|might|back in|used to)\b", re.I)
-    changed = {label: [ex for ex in after if ex.label == label and key(ex) not in set(map(key, before))] for label in (0, 1)}
+    unchanged = set(map(key, before))
+    changed = {label: [ex for ex in after if ex.label == label and key(ex) not in unchanged] for label in (0, 1)}
     for label, word in ((1, "hack"), (0, "soup")):  # about half the rows of each label, request still readable
         assert 8 <= len(changed[label]) <= 32, (label, len(changed[label]))
         assert all(word in ex.prompt and frame.search(ex.prompt) for ex in changed[label])
