@@ -40,8 +40,10 @@ def tiny_config_overrides_arg() -> str:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
+    """The parent's environment with the repository importable first and one thread; `extra` wins."""
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env.update({"OMP_NUM_THREADS": "1", **extra})
     return env
 
 

@@ -121,19 +121,22 @@ def make_batch(module: SafetySignalLM, phase: str) -> dict:
     safety = replace(module.safety, phase=phase)
     encoded = [encode_example(module.tokenizer, p, r, y, safety, ProbeConfig(stride=3), prefill=f,
                               prefill_harmful=bool(f)) for p, r, y, f in EXAMPLES]
-    return collate_examples(encoded, module.tokenizer.pad_token_id, module.cls_id, phase=phase)
+    batch = collate_examples(encoded, module.tokenizer.pad_token_id, module.cls_id, phase=phase)
+    device = module.model.device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def full_forward(module: SafetySignalLM, ids: list[int], roles: list[int], window=None):
     """From scratch, no cache: the training mask (the last token's window when given); logits, hidden."""
-    r = torch.tensor([roles])
+    device = module.model.device
+    r = torch.tensor([roles], device=device)
     w_query = r == Role.CLS
     w_start, w_end = torch.zeros_like(r), torch.zeros_like(r)
     if window is not None:
         w_query[0, -1], w_start[0, -1], w_end[0, -1] = window
-    mask = build_training_mask(r, w_query, w_start, w_end, module.safety.mask_phase)
+    mask = build_training_mask(r, w_query, w_start, w_end, module.safety.mask_phase, dtype=module.model.dtype)
     with torch.no_grad():
-        out, hidden = module.model_forward(input_ids=torch.tensor([ids]), attention_mask=mask,
+        out, hidden = module.model_forward(input_ids=torch.tensor([ids], device=device), attention_mask=mask,
                                            position_ids=build_position_ids(r), use_cache=False)
     return out.logits[0], hidden[0]
 
@@ -144,43 +147,56 @@ def real_columns(batch: dict, row: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- the matrix
-def test_lm_path_is_invariant(arch):
-    batch = make_batch(arch, "pretrain")
+# Each check takes a module, so the GPU check (below) runs the same ones on CUDA kernels.
+def check_lm_path_is_invariant(module: SafetySignalLM) -> None:
+    batch = make_batch(module, "pretrain")
     n_probes = batch["num_probe_slots"]
     longest = max(len(real_columns(batch, row)) for row in range(2))
-    if arch.model.config.model_type in SLIDING:
+    if module.model.config.model_type in SLIDING:
         assert longest > 3 * WINDOW  # the sliding layers' window matters
-    with mask_phase(arch, "pretrain"), torch.no_grad():
-        lm_logits, _ = arch(batch)
+    with mask_phase(module, "pretrain"), torch.no_grad():
+        lm_logits, _ = module(batch)
         for row in range(2):
             cols = real_columns(batch, row)
-            plain = arch.model(input_ids=batch["input_ids"][row, cols][None]).logits[0]
+            plain = module.model(input_ids=batch["input_ids"][row, cols][None]).logits[0]
             torch.testing.assert_close(lm_logits[row, cols - n_probes], plain, atol=1e-4, rtol=1e-4)
 
 
-def test_sft_cached_decoding_equals_full_forward(arch):
-    generator = SafetyGatedGenerator(arch, GatePolicy(level="low", schedule="first"), DecodingConfig(max_new_tokens=10))
+def check_sft_cached_decoding_equals_full_forward(module: SafetySignalLM) -> None:
+    generator = SafetyGatedGenerator(module, GatePolicy(level="low", schedule="first"), DecodingConfig(max_new_tokens=10))
     answers = generator.generate(PROMPTS)
     for prompt, answer in zip(PROMPTS, answers):
-        enc = encode_prompt(arch.tokenizer, prompt, arch.safety.chat_template)
+        enc = encode_prompt(module.tokenizer, prompt, module.safety.chat_template)
         ids, roles = list(enc.input_ids), list(enc.roles)
         for token in answer.token_ids:
-            logits, _ = full_forward(arch, ids, roles)
+            logits, _ = full_forward(module, ids, roles)
             logits = logits[-1].clone()
-            logits[arch.cls_id] = float("-inf")
+            logits[module.cls_id] = float("-inf")
             assert int(logits.argmax()) == token
             ids.append(token)
             roles.append(int(Role.RESPONSE))
     assert len(answers[0].token_ids) == 10 or answers[0].finish_reason == "eos"
 
 
-def test_gating_off_equals_hf_generate(arch):
-    with mask_phase(arch, "pretrain"):  # nothing attends [CLS]: the LM path is the plain model
-        ours = SafetyGatedGenerator(arch, GatePolicy(level="low", schedule="first"),
+def check_gating_off_equals_hf_generate(module: SafetySignalLM) -> None:
+    with mask_phase(module, "pretrain"):  # nothing attends [CLS]: the LM path is the plain model
+        ours = SafetyGatedGenerator(module, GatePolicy(level="low", schedule="first"),
                                     DecodingConfig(max_new_tokens=12)).generate(PROMPTS)
-        expected = hf_greedy(arch, PROMPTS, 12)
+        expected = hf_greedy(module, PROMPTS, 12)
     assert [a.token_ids for a in ours] == expected
     assert len(set(expected[0])) > 2  # a varied continuation
+
+
+def test_lm_path_is_invariant(arch):
+    check_lm_path_is_invariant(arch)
+
+
+def test_sft_cached_decoding_equals_full_forward(arch):
+    check_sft_cached_decoding_equals_full_forward(arch)
+
+
+def test_gating_off_equals_hf_generate(arch):
+    check_gating_off_equals_hf_generate(arch)
 
 
 @pytest.mark.parametrize("rule, arch", [("R2", name) for name in ARCHITECTURES] + [
@@ -424,69 +440,45 @@ def gemma_invariance(module: SafetySignalLM, length: int, per_layer: bool = True
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def same_greedy(ours: list[int], expected: list[int], min_agree: int = 3) -> bool:
-    """Equal, or equal for the first `min_agree` tokens (bf16 kernels of different shapes may break a near-tie later)."""
-    return ours == expected or ours[:min_agree] == expected[:min_agree]
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("model_type", list(ARCHITECTURES))
-def test_architecture_on_cuda_bf16_sdpa(model_type):
-    """The matrix on CUDA in bfloat16 with sdpa (eager where the model has no sdpa): invariance,
-    cached decoding == full forward, gating off == `generate`, a training step."""
+def test_architecture_on_cuda(model_type):
+    """The matrix's exact checks on CUDA kernels (float32, sdpa; eager where the model has no sdpa), then a
+    bfloat16 training step and gated decode. bf16 is not compared token for token: on random tiny models its
+    rounding flips near-tied greedy choices and MoE routing (seen on an H200: gpt_oss, phi3, starcoder2)."""
     torch.manual_seed(0)
+    module = SafetySignalLM(model_name=tiny_model_folder(model_type), safety=SafetyConfig(r1=6, r2=8),
+                            attn_implementation="sdpa")
+    module.configure_model()
+    module.to("cuda").eval()
+    check_lm_path_is_invariant(module)
+    check_sft_cached_decoding_equals_full_forward(module)
+    check_gating_off_equals_hf_generate(module)
+
     module = SafetySignalLM(model_name=tiny_model_folder(model_type), safety=SafetyConfig(r1=6, r2=8), dtype="bfloat16",
                             attn_implementation="sdpa", lr=1e-3)
     module.configure_model()
-    module.to("cuda").eval()
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_batch(module, "pretrain").items()}
-    with mask_phase(module, "pretrain"), torch.no_grad():
-        lm_logits, _ = module(batch)
-        for row in range(2):
-            cols = real_columns(batch, row)
-            plain = module.model(input_ids=batch["input_ids"][row, cols][None]).logits[0].float()
-            ours = lm_logits[row, cols - batch["num_probe_slots"]].float()
-            # bf16 rounding differs with shapes and positions (~3% of the logit scale measured with CPU bf16);
-            # a layer reading the wrong keys is off by the order of the scale (Gemma 3, one mask: 29 of 30).
-            assert (ours - plain).abs().max() <= 0.1 * plain.abs().max()
-            assert (ours.argmax(-1) == plain.argmax(-1)).float().mean() >= 0.8
-        answers = SafetyGatedGenerator(module, GatePolicy(level="low", schedule="first"),
-                                       DecodingConfig(max_new_tokens=10)).generate(PROMPTS)
-        expected = hf_greedy(module, PROMPTS, 10)
-    for answer, tokens in zip(answers, expected):
-        assert same_greedy(answer.token_ids, tokens), (answer.token_ids, tokens)
-    answers = SafetyGatedGenerator(module, GatePolicy(level="low", schedule="first"),
-                                   DecodingConfig(max_new_tokens=8)).generate(PROMPTS[:1])
-    enc = encode_prompt(module.tokenizer, PROMPTS[0], module.safety.chat_template)
-    ids, roles = list(enc.input_ids), list(enc.roles)
-    full = []
-    for _ in answers[0].token_ids:
-        r = torch.tensor([roles], device="cuda")
-        mask = build_training_mask(r, r == Role.CLS, torch.zeros_like(r), torch.zeros_like(r), "sft", dtype=torch.bfloat16)
-        with torch.no_grad():
-            out, _ = module.model_forward(input_ids=torch.tensor([ids], device="cuda"), attention_mask=mask,
-                                          position_ids=build_position_ids(r), use_cache=False)
-        logits = out.logits[0, -1].float()
-        logits[module.cls_id] = float("-inf")
-        full.append(int(logits.argmax()))
-        ids.append(full[-1])
-        roles.append(int(Role.RESPONSE))
-    assert same_greedy(answers[0].token_ids, full)
-    module.train()
-    sft = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_batch(module, "sft").items()}
-    loss = module.compute_losses(sft)["loss"]
+    module.to("cuda").train()
+    loss = module.compute_losses(make_batch(module, "sft"))["loss"]
     loss.backward()
     assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+    module.eval()
+    with torch.no_grad():
+        answers = SafetyGatedGenerator(module, GatePolicy(level="low", schedule="each"),
+                                       DecodingConfig(max_new_tokens=8)).generate(PROMPTS)
+    assert all(len(a.token_ids) == 8 or a.finish_reason == "eos" for a in answers)
+    assert all(0.0 <= p <= 1.0 for a in answers for p in a.verdict_probs)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_qlora_preset_on_cuda(tmp_path):
     """conf/llama2-7b-qlora.yaml on the GPU (bitsandbytes 4-bit, LoRA), with the tiny stand-in model."""
-    from tests.helpers import run_main, tiny_config_overrides_arg, write_sources
+    from tests.helpers import ROOT, run_main, tiny_config_overrides_arg, write_sources
 
-    run_main(["fit", "--config", "conf/llama2-7b-qlora.yaml", "--model.model_name=smollm2-135m-instruct",
+    run_main(["fit", "--config", str(ROOT / "conf" / "llama2-7b-qlora.yaml"), "--model.model_name=smollm2-135m-instruct",
               tiny_config_overrides_arg(), "--trainer.devices=1", write_sources(tmp_path / "data"),
               "--data.batch_size=2", "--trainer.accumulate_grad_batches=1", "--trainer.limit_val_batches=2",
               "--trainer.max_steps=3", "--trainer.enable_progress_bar=false"], cwd=tmp_path, timeout=300,
