@@ -56,11 +56,13 @@ STYLE_GROUPS = {style: f"rephrase_{style}" for style in STYLES}
 CHAT_STYLE_GROUPS = {style: f"chat_{style}" for style in STYLES}
 
 
-def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str]]:
-    """(prompt, label, group) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
+def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str, str]]:
+    """(prompt, label, group, wrapper) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
     `rephrase`, then `wrapped_*`, one `rephrase_<style>` group per rephrasing frame and one `chat_<style>`
     group of the chat prompts in that frame. Every prompt is on the validation side of the hash split
-    (`in_validation`) or from a held-out hard-negative template, so no recipe variant trains on it."""
+    (`in_validation`) or from a held-out hard-negative template, so no recipe variant trains on it.
+    `wrapper` names the template (or "suffix") of a wrapped prompt and is "" for the others: the wrapped
+    groups come from few templates, so their counts are clustered by it."""
     rng = random.Random(f"eval-set-{seed}")
     records = [r for src in default_sources() for r in load_source(src, seed=seed)]
     harmful = sorted({r.prompt for r in records if r.label == 1 and in_validation(r.prompt, val_fraction, seed)})
@@ -74,17 +76,18 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     rng.shuffle(rephrased)
     held = [t for t in training_templates() if in_validation(t.name, val_fraction, seed)]
     pieces = suffix_pieces(load_tokenizer("smollm2-135m-instruct"))
-    wrapped = [(wrap(p, rng, held, pieces)[0], y, g) for ps, y, g in ((harmful, 1, WRAPPED[0]), (chat, 0, WRAPPED[1]))
+    wrapped = [(*wrap(p, rng, held, pieces), y, g) for ps, y, g in ((harmful, 1, WRAPPED[0]), (chat, 0, WRAPPED[1]))
                for p in ps]
+    wrapped = [(text, y, g, wrapper) for text, wrapper, y, g in wrapped]
     # Drawn from their own stream, so the groups above stay what earlier measurements scored.
     style_rng = random.Random(f"eval-styles-{seed}")
-    by_style = [(t, 1, group) for style, group in STYLE_GROUPS.items()
+    by_style = [(t, 1, group, "") for style, group in STYLE_GROUPS.items()
                 for p in harmful for t in rephrasings(p, 1, style_rng, (style,))]
-    by_style += [(t, 0, group) for style, group in CHAT_STYLE_GROUPS.items()
+    by_style += [(t, 0, group, "") for style, group in CHAT_STYLE_GROUPS.items()
                  for p in chat for t in rephrasings(p, 1, style_rng, (style,), neutral=True)]
-    return ([(p, 1, "harmful") for p in harmful] + [(p, 0, "chat") for p in chat]
-            + [(p, 0, "hard_negatives") for p in hard[:per_group]] + [(p, 1, "rephrase") for p in rephrased[:per_group]]
-            + wrapped + by_style)
+    return ([(p, 1, "harmful", "") for p in harmful] + [(p, 0, "chat", "") for p in chat]
+            + [(p, 0, "hard_negatives", "") for p in hard[:per_group]]
+            + [(p, 1, "rephrase", "") for p in rephrased[:per_group]] + wrapped + by_style)
 
 
 def half(prompt: str) -> str:
@@ -98,10 +101,10 @@ def rate(probs, labels, sources, threshold, keep) -> dict:
     return {"flagged": k, "n": len(idx), "rate": k / max(1, len(idx)), "ci": [lo, hi]}
 
 
-def refusals(module, items: list[tuple[str, int, str]], per_group: int, batch_size: int = 16) -> dict:
+def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, batch_size: int = 16) -> dict:
     """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group."""
     chosen: dict[str, list[str]] = {}
-    for prompt, _, group in items:
+    for prompt, _, group, _ in items:
         if half(prompt) == "test" and len(chosen.setdefault(group, [])) < per_group:
             chosen[group].append(prompt)
     out: dict[str, dict] = {}
@@ -116,14 +119,14 @@ def refusals(module, items: list[tuple[str, int, str]], per_group: int, batch_si
     return out
 
 
-def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: float, answers: int = 0) -> dict:
+def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr: float, answers: int = 0) -> dict:
     if model_dir.endswith(".ckpt"):  # a Lightning checkpoint of a run (its threshold is the uncalibrated one)
         module = SafetySignalLM.load_from_checkpoint(model_dir, map_location="cpu", weights_only=True).eval()
     else:
         module = SafetySignalLM.from_exported(model_dir).eval()
-    prompts = [p for p, _, _ in items]
-    labels = [y for _, y, _ in items]
-    sources = [s for _, _, s in items]
+    prompts = [p for p, _, _, _ in items]
+    labels = [y for _, y, _, _ in items]
+    sources = [s for _, _, s, _ in items]
     probs = first_verdicts(module, prompts, labels, batch_size=32)
     halves = [half(p) for p in prompts]
     apart = set(WRAPPED) | set(STYLE_GROUPS.values()) | set(CHAT_STYLE_GROUPS.values())  # scored on their own
@@ -163,9 +166,21 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str]], target_fpr: floa
                      [0] * len(benign) + [1] * sources.count(group))
         for style, group in STYLE_GROUPS.items()
     }
+    out["wrapped_by_wrapper"] = by_wrapper(probs, items, module.safety.threshold)
     if answers:
         out["refusals"] = refusals(module, items, answers)
     return out
+
+
+def by_wrapper(probs: list[float], items: list[tuple[str, int, str, str]], threshold: float) -> dict:
+    """{wrapper: {group: {"flagged", "n"}}} of the wrapped groups at `threshold`."""
+    out: dict[str, dict] = {}
+    for prob, (_, _, group, wrapper) in zip(probs, items):
+        if wrapper:
+            cell = out.setdefault(wrapper, {}).setdefault(group, {"flagged": 0, "n": 0})
+            cell["flagged"] += int(prob > threshold)
+            cell["n"] += 1
+    return dict(sorted(out.items()))
 
 
 def main() -> None:
@@ -177,13 +192,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     items = eval_set()
-    print(f"[eval] {len(items)} prompts: {sum(y for _, y, _ in items)} harmful, {sum(1 - y for _, y, _ in items)} benign")
+    print(f"[eval] {len(items)} prompts: {sum(y for _, y, _, _ in items)} harmful, {sum(1 - y for _, y, _, _ in items)} benign")
     results = []
     for path in args.exports:
         result = evaluate(path, items, args.target_fpr, args.answers)
         results.append(result)
         b = result["by_threshold"]
-        print(json.dumps({k: v for k, v in result.items() if k != "by_threshold"}))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("by_threshold", "wrapped_by_wrapper")}))
+        print("  wrapped, flagged at the exported threshold, by wrapper: " + "; ".join(
+            f"{wrapper} " + ", ".join(f"{g} {c['flagged']}/{c['n']}" for g, c in groups.items())
+            for wrapper, groups in result["wrapped_by_wrapper"].items()))
         for name, row in b.items():
             print(f"  t={name} ({row['threshold']:.3f}): " + ", ".join(
                 f"{k} {v['flagged']}/{v['n']} ({100 * v['rate']:.0f}%, {100 * v['ci'][0]:.0f}-{100 * v['ci'][1]:.0f})"

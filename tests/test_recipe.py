@@ -537,6 +537,22 @@ def test_wrapped_rows_wrap_both_labels_and_keep_held_out_templates_for_validatio
     assert 20 <= suffixed <= 60  # about half the rows get a suffix instead of a template
 
 
+def test_validation_wrapped_prompts_use_only_held_out_wrappers_and_are_counted_by_wrapper():
+    from scripts.eval_classifier import by_wrapper, eval_set
+
+    items = eval_set()
+    assert all(group.startswith("wrapped_") == bool(wrapper) for _, _, group, wrapper in items)
+    wrapped = [item for item in items if item[3]]
+    # never a template the recipes train on (training wraps only with templates outside the validation split)
+    assert all(wrapper == "suffix" or in_validation(wrapper, 0.1, 0) for _, _, _, wrapper in wrapped)
+    assert len({wrapper for *_, wrapper in wrapped}) >= 3
+    # a classifier that reads the label: every harmful wrapped prompt flagged, no chat one, in every wrapper's cell
+    counts = by_wrapper([float(y) for _, y, _, _ in items], items, 0.5)
+    assert sum(cell["n"] for groups in counts.values() for cell in groups.values()) == len(wrapped)
+    assert all(cell["flagged"] == (cell["n"] if group == "wrapped_harmful" else 0)
+               for groups in counts.values() for group, cell in groups.items())
+
+
 def test_wrapped_rephrased_frames_the_request_inside_the_wrapper_for_both_labels_and_changes_nothing_else():
     from datamodules.jailbreaks import JailbreakTemplate
 
