@@ -76,9 +76,8 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     rng.shuffle(rephrased)
     held = [t for t in training_templates() if in_validation(t.name, val_fraction, seed)]
     pieces = suffix_pieces(load_tokenizer("smollm2-135m-instruct"))
-    wrapped = [(*wrap(p, rng, held, pieces), y, g) for ps, y, g in ((harmful, 1, WRAPPED[0]), (chat, 0, WRAPPED[1]))
-               for p in ps]
-    wrapped = [(text, y, g, wrapper) for text, wrapper, y, g in wrapped]
+    wrapped = [(text, y, g, wrapper) for ps, y, g in ((harmful, 1, WRAPPED[0]), (chat, 0, WRAPPED[1]))
+               for p in ps for text, wrapper in [wrap(p, rng, held, pieces)]]
     # Drawn from their own stream, so the groups above stay what earlier measurements scored.
     style_rng = random.Random(f"eval-styles-{seed}")
     by_style = [(t, 1, group, "") for style, group in STYLE_GROUPS.items()

@@ -30,15 +30,23 @@ def pooled(seed0: dict, seed1: dict, key: str) -> tuple[int, int, str]:
     return k0 + k1, n, f"{k0}+{k1}={k0 + k1}/{n}"
 
 
-s0, s1, c0, c1 = map(load, sys.argv[1:5])
-passes = True
-print(f"{'group':30} {'shipped s0+s1':>16} {'Wilson':>14} {'cand s0+s1':>16} verdict")
-for key in RECALL + FPR + REPORTED:
-    sk, sn, shipped = pooled(s0, s1, key)
-    ck, cn, candidate = pooled(c0, c1, key)
-    lo, hi = wilson(sk, sn)
-    ok = ck / cn >= lo if key in RECALL else ck / cn <= hi if key in FPR else None
-    passes &= ok is not False
-    verdict = "(not in rule)" if ok is None else "ok" if ok else "FAIL"
-    print(f"{key:30} {shipped:>16} {f'[{lo * sn:.1f}-{hi * sn:.1f}]':>14} {candidate:>16} {verdict}")
-print("candidate", "PASSES" if passes else "FAILS")
+def judge(shipped: tuple[dict, dict], candidate: tuple[dict, dict], recall: list[str], fpr: list[str],
+          reported: list[str], seeds: str = "s0+s1", width: int = 30) -> bool:
+    """Print the pooled table; True when every `recall` and `fpr` group passes (`reported` ones are shown only)."""
+    passes = True
+    print(f"{'group':{width}} {'shipped ' + seeds:>16} {'Wilson':>14} {'cand ' + seeds:>16} verdict")
+    for key in recall + fpr + reported:
+        sk, sn, shipped_cell = pooled(*shipped, key)
+        ck, cn, candidate_cell = pooled(*candidate, key)
+        lo, hi = wilson(sk, sn)
+        ok = ck / cn >= lo if key in recall else ck / cn <= hi if key in fpr else None
+        passes &= ok is not False
+        verdict = "(not in rule)" if ok is None else "ok" if ok else "FAIL"
+        print(f"{key:{width}} {shipped_cell:>16} {f'[{lo * sn:.1f}-{hi * sn:.1f}]':>14} {candidate_cell:>16} {verdict}")
+    print("candidate", "PASSES" if passes else "FAILS")
+    return passes
+
+
+if __name__ == "__main__":
+    s0, s1, c0, c1 = map(load, sys.argv[1:5])
+    judge((s0, s1), (c0, c1), RECALL, FPR, REPORTED)
