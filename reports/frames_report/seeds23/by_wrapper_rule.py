@@ -37,7 +37,6 @@ def load(spec: str) -> dict:
 
 if __name__ == "__main__":
     s2, s3, c2, c3 = map(load, sys.argv[1:5])
-    judged = [f"wrapped_chat[{w}]" for w in sorted({k[13:-1] for k in s2 if k.startswith("wrapped_chat[")})
-              if w not in HARMFUL_TEXT_TEMPLATES]
     reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES)] + ["benign_fpr_wrapped"]
+    judged = sorted(key for key in s2 if key.startswith("wrapped_chat[") and key not in reported)
     judge((s2, s3), (c2, c3), RECALL, FPR + ["wrapped_chat_rule"] + judged, reported, seeds="s2+s3", width=40)
