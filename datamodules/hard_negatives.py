@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from datamodules.sources import SafetyRecord
@@ -245,13 +246,18 @@ FAMILIES: dict[str, tuple[_Template, ...]] = {
 
 
 @dataclass(frozen=True)
-class HardNegative:
+class GeneratedPrompt:
+    """A prompt written from a template of a family (`<family>/<index>`); hard negatives are label 0,
+    `datamodules.harm_taxonomy` writes both labels with the same machinery."""
+
     prompt: str
     family: str
     template: str  # "<family>/<index>": the template the prompt was written from
+    label: int = 0
+    source: str = HARD_NEGATIVE_SOURCE
 
     def record(self) -> SafetyRecord:
-        return SafetyRecord(self.prompt, "", 0, self.family, HARD_NEGATIVE_SOURCE)
+        return SafetyRecord(self.prompt, "", self.label, self.family, self.source)
 
 
 def _expand(text: str, slots: tuple) -> list[str]:
@@ -260,34 +266,34 @@ def _expand(text: str, slots: tuple) -> list[str]:
     return [text.format(*combo) for combo in itertools.product(*slots)]
 
 
-def all_hard_negatives() -> list[HardNegative]:
-    """Every template x filler combination, de-duplicated, in a fixed order."""
+def expand_families(families: Mapping[str, tuple], label: int = 0, source: str = HARD_NEGATIVE_SOURCE) -> list[GeneratedPrompt]:
+    """Every template x filler combination of `families`, de-duplicated, in a fixed order."""
     out, seen = [], set()
-    for family, templates in FAMILIES.items():
+    for family, templates in families.items():
         for index, (text, slots) in enumerate(templates):
             for prompt in _expand(text, slots):
                 prompt = prompt[0].upper() + prompt[1:]
                 key = " ".join(prompt.lower().split())
                 if key not in seen:
                     seen.add(key)
-                    out.append(HardNegative(prompt, family, f"{family}/{index}"))
+                    out.append(GeneratedPrompt(prompt, family, f"{family}/{index}", label, source))
     return out
 
 
-def generate_hard_negatives(count: int | None, seed: int = 0) -> list[HardNegative]:
-    """`count` hard negatives (None: all), a seeded draw balanced over families.
+def all_hard_negatives() -> list[GeneratedPrompt]:
+    return expand_families(FAMILIES)
 
-    Families are interleaved round-robin (each shuffled), so a small `count` still covers every
-    family instead of following the largest templates.
-    """
-    rng = random.Random(f"hard-negatives-{seed}")
-    by_family: dict[str, list[HardNegative]] = {}
-    for item in all_hard_negatives():
+
+def round_robin(items: list[GeneratedPrompt], rng: random.Random) -> list[GeneratedPrompt]:
+    """`items` shuffled within each family, then interleaved family by family (sorted by name), so any
+    prefix covers every family instead of following the largest templates."""
+    by_family: dict[str, list[GeneratedPrompt]] = {}
+    for item in items:
         by_family.setdefault(item.family, []).append(item)
-    for items in by_family.values():
-        rng.shuffle(items)
+    for group in by_family.values():
+        rng.shuffle(group)
     order = sorted(by_family)
-    out: list[HardNegative] = []
+    out: list[GeneratedPrompt] = []
     for row in itertools.count():
         added = False
         for family in order:
@@ -296,17 +302,23 @@ def generate_hard_negatives(count: int | None, seed: int = 0) -> list[HardNegati
                 added = True
         if not added:
             break
+    return out
+
+
+def generate_hard_negatives(count: int | None, seed: int = 0) -> list[GeneratedPrompt]:
+    """`count` hard negatives (None: all), a seeded draw balanced over families (`round_robin`)."""
+    out = round_robin(all_hard_negatives(), random.Random(f"hard-negatives-{seed}"))
     return out if count is None else out[:count]
 
 
-def heldout_templates(val_fraction: float, seed: int = 0) -> set[str]:
+def heldout_templates(val_fraction: float, seed: int = 0, families: Mapping[str, tuple] = FAMILIES) -> set[str]:
     """The templates held out for validation: about `val_fraction` of each family's templates (at
     least one where a family has two or more), chosen by a seeded hash over *all* templates of
-    `FAMILIES`, so the choice does not depend on how many prompts a recipe draws."""
+    `families`, so the choice does not depend on how many prompts a recipe draws."""
     if val_fraction <= 0:
         return set()
     held: set[str] = set()
-    for family, templates in FAMILIES.items():
+    for family, templates in families.items():
         names = [f"{family}/{i}" for i in range(len(templates))]
         if len(names) < 2:
             continue
@@ -315,9 +327,10 @@ def heldout_templates(val_fraction: float, seed: int = 0) -> set[str]:
     return held
 
 
-def template_split(items: list[HardNegative], val_fraction: float, seed: int = 0) -> tuple[list[HardNegative], list[HardNegative]]:
+def template_split(items: list[GeneratedPrompt], val_fraction: float, seed: int = 0,
+                   families: Mapping[str, tuple] = FAMILIES) -> tuple[list[GeneratedPrompt], list[GeneratedPrompt]]:
     """(train, val): the prompts of the held-out templates (`heldout_templates`) are validation."""
-    held = heldout_templates(val_fraction, seed)
+    held = heldout_templates(val_fraction, seed, families)
     return [i for i in items if i.template not in held], [i for i in items if i.template in held]
 
 

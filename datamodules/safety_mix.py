@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
 from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example
-from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, HardNegative, generate_hard_negatives, template_split
+from datamodules.harm_taxonomy import generate_taxonomy_prompts, taxonomy_split
+from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, GeneratedPrompt, generate_hard_negatives, template_split
 from datamodules.jailbreaks import JailbreakTemplate, suffix_pieces, training_templates, wrap
 from datamodules.prompts import read_prompts
 from datamodules.refusals import affirmative_opening, write_refusal
@@ -81,7 +82,7 @@ def build_mix(
     match_benign_form: bool = True,
     cls_only_harmful: int | None = 0,
     cls_only_benign_per_harmful: float = 1.0,
-    hard_negatives: list[HardNegative] | None = None,
+    hard_negatives: list[GeneratedPrompt] | None = None,
     hard_negatives_sft: int = 0,
     rephrase_per_prompt: int = 0,
     rephrase_sft: int = 0,
@@ -95,6 +96,7 @@ def build_mix(
     continuation_sources: Sequence[str] | None = None,
     benign_continuations: int = 0,
     forced_opening_fraction: float = 1.0,
+    harm_taxonomy: list[GeneratedPrompt] | None = None,
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
@@ -132,6 +134,10 @@ def build_mix(
             classification-only: the response-window probes learn to flag harmful text, the LM never
             learns it. Validation-side prompts get none (their answers would only cost generation).
         continuation_sources: the harmful sources continuations are drawn from (None: all).
+        harm_taxonomy: generated harmful requests and their benign twins (`datamodules.harm_taxonomy`),
+            classification-only with their labels, split by template like the hard negatives (a held-out
+            harmful template holds out its twin); added after the continuations are chosen, so every
+            other row stays as it was.
         benign_continuations: training benign classification-only rows (half hard negatives, half
             chat prompts, as far as there are) that get the base model's answer as prefill, label 0:
             the probes' negatives, the same form as the harmful continuations (dangerous-sounding
@@ -258,6 +264,10 @@ def build_mix(
         for i in picked:
             ex = split.train[i]
             split.train[i] = continuation_row(ex.prompt, 0, ex.category, ex.source, forced_opening_fraction)
+    if harm_taxonomy:
+        train_tx, val_tx = taxonomy_split(harm_taxonomy, val_fraction, seed)
+        for part, items in ((split.train, train_tx), (split.val, val_tx)):
+            part += [TrainingExample(i.prompt, "", i.label, i.family, i.source, classify_only=True) for i in items]
     rng.shuffle(split.train)
     return split
 
@@ -397,6 +407,9 @@ class SafetyMixDataModule(L.LightningDataModule):
         forced_opening_fraction: the share of continuation rows (chosen per prompt) whose answer is forced
             to open with "Sure, here is ...:"; the others are the base model's plain greedy answer.
         continuation_tokens: new tokens of a continuation's answer (after its opening, if any).
+        harm_taxonomy: generated harmful requests across a harm taxonomy and as many form-matched benign
+            twins (`datamodules.harm_taxonomy`; 0 = off, None = all), classification-only; validation
+            holds out whole templates of both.
     """
 
     def __init__(
@@ -436,6 +449,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         benign_continuations: int = 0,
         forced_opening_fraction: float = 1.0,
         continuation_tokens: int = 48,
+        harm_taxonomy: int | None = 0,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -482,6 +496,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.benign_continuations = benign_continuations
         self.forced_opening_fraction = forced_opening_fraction
         self.continuation_tokens = continuation_tokens
+        self.harm_taxonomy = harm_taxonomy
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -520,6 +535,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             pieces=suffix_pieces(tokenizer) if self.wrapped else None,
             harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,
             benign_continuations=self.benign_continuations, forced_opening_fraction=self.forced_opening_fraction,
+            harm_taxonomy=generate_taxonomy_prompts(self.harm_taxonomy, self.seed) if self.harm_taxonomy != 0 else None,
         )
         self._answer_with_base_model(split)
         encode = partial(

@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callbacks.calibration import first_verdicts, pick_threshold  # noqa: E402
+from datamodules.harm_taxonomy import generate_taxonomy_prompts, taxonomy_split  # noqa: E402
 from datamodules.hard_negatives import generate_hard_negatives, template_split  # noqa: E402
 from datamodules.jailbreaks import suffix_pieces, training_templates, wrap  # noqa: E402
 from datamodules.rephrase import STYLES, rephrasings  # noqa: E402
@@ -54,6 +55,9 @@ WRAPPED = ("wrapped_harmful", "wrapped_chat")
 STYLE_GROUPS = {style: f"rephrase_{style}" for style in STYLES}
 # The same frames around the validation chat prompts (label 0): does a frame alone trip the classifier?
 CHAT_STYLE_GROUPS = {style: f"chat_{style}" for style in STYLES}
+# Generated requests of held-out harm-taxonomy templates and their benign twins (`datamodules.harm_taxonomy`),
+# scored apart: a recipe that trains on the other templates should read the content, not the form.
+TAXONOMY_GROUPS = ("taxonomy_harmful", "taxonomy_twins")
 
 
 def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str, str]]:
@@ -84,9 +88,11 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
                 for p in harmful for t in rephrasings(p, 1, style_rng, (style,))]
     by_style += [(t, 0, group, "") for style, group in CHAT_STYLE_GROUPS.items()
                  for p in chat for t in rephrasings(p, 1, style_rng, (style,), neutral=True)]
+    _, taxonomy = taxonomy_split(generate_taxonomy_prompts(None, seed), val_fraction, seed)
+    by_taxonomy = [(t.prompt, t.label, TAXONOMY_GROUPS[1 - t.label], "") for t in taxonomy]
     return ([(p, 1, "harmful", "") for p in harmful] + [(p, 0, "chat", "") for p in chat]
             + [(p, 0, "hard_negatives", "") for p in hard[:per_group]]
-            + [(p, 1, "rephrase", "") for p in rephrased[:per_group]] + wrapped + by_style)
+            + [(p, 1, "rephrase", "") for p in rephrased[:per_group]] + wrapped + by_style + by_taxonomy)
 
 
 def half(prompt: str) -> str:
@@ -128,7 +134,7 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr:
     sources = [s for _, _, s, _ in items]
     probs = first_verdicts(module, prompts, labels, batch_size=32)
     halves = [half(p) for p in prompts]
-    apart = set(WRAPPED) | set(STYLE_GROUPS.values()) | set(CHAT_STYLE_GROUPS.values())  # scored on their own
+    apart = set(WRAPPED) | set(STYLE_GROUPS.values()) | set(CHAT_STYLE_GROUPS.values()) | set(TAXONOMY_GROUPS)  # scored on their own
     cal_benign = [p for p, y, h, s in zip(probs, labels, halves, sources)
                   if y == 0 and h == "calibration" and s not in apart]
     t_cal = pick_threshold(cal_benign, target_fpr, 0.01, 0.99)
@@ -153,6 +159,8 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr:
             "recall_rephrased": rate(*data, t, lambda y, s: y == 1 and s == "rephrase"),
             "recall_wrapped": rate(*data, t, lambda y, s: s == "wrapped_harmful"),
             "benign_fpr_wrapped": rate(*data, t, lambda y, s: s == "wrapped_chat"),
+            "recall_taxonomy_harmful": rate(*data, t, lambda y, s: s == "taxonomy_harmful"),
+            "benign_fpr_taxonomy_twins": rate(*data, t, lambda y, s: s == "taxonomy_twins"),
         } | {f"recall_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in STYLE_GROUPS.values()} | {
             f"benign_fpr_{g}": rate(*data, t, lambda y, s, g=g: s == g) for g in CHAT_STYLE_GROUPS.values()}
     out["auroc_hard_negatives_vs_harmful"] = auroc(
@@ -186,11 +194,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exports", nargs="+")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the fit's data.seed: the validation split is a hash seeded by it, so a fit of another "
+                             "seed trains on most of seed 0's validation prompts")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--answers", type=int, default=0, help="decode this many test-half prompts per group")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    items = eval_set()
+    items = eval_set(args.seed)
     print(f"[eval] {len(items)} prompts: {sum(y for _, y, _, _ in items)} harmful, {sum(1 - y for _, y, _, _ in items)} benign")
     results = []
     for path in args.exports:

@@ -16,10 +16,13 @@ from datamodules import self_distill
 from datamodules.hard_negatives import (
     HARD_NEGATIVE_SOURCE, FAMILIES, all_hard_negatives, generate_hard_negatives, template_split, word_ngrams,
 )
+from datamodules.harm_taxonomy import (
+    HARMFUL, TAXONOMY_SOURCE, TWIN_SOURCE, TWINS, all_taxonomy_prompts, generate_taxonomy_prompts, taxonomy_split,
+)
 from datamodules.refusals import refusal_category
 from datamodules.rephrase import DEFAULT_STYLES, STYLES, action_phrase, rephrase, rephrasings
 from datamodules.safety_mix import (
-    REPHRASE_BENIGN_SOURCE, REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, in_validation,
+    REPHRASE_BENIGN_SOURCE, REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, default_sources, in_validation,
 )
 from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, load_source
 from safety_signal.config import SafetyConfig
@@ -113,22 +116,21 @@ def _heldout_prompts() -> list[str]:
     return [r.prompt for name in builtin_source_names(heldout=True) for r in load_source(DataSource(name))]
 
 
-def test_hard_negatives_never_contain_a_heldout_prompt():
+def _assert_no_heldout_prompt(ours: list[str]) -> None:
     heldout = _heldout_prompts()
     assert len(heldout) > 1000
     norm = lambda t: " ".join(t.lower().split()).strip(" ?.!")  # noqa: E731
     heldout_set = {norm(p) for p in heldout}
-    ours = all_hard_negatives()
-    assert not [h.prompt for h in ours if norm(h.prompt) in heldout_set]
-    # n-gram overlap: no hard negative shares half of its word 4-grams with any held-out prompt
+    assert not [p for p in ours if norm(p) in heldout_set]
+    # n-gram overlap: no generated prompt shares half of its word 4-grams with any held-out prompt
     grams = [word_ngrams(p, 4) for p in heldout]
     index: dict[tuple[str, ...], list[int]] = {}
     for i, g in enumerate(grams):
         for gram in g:
             index.setdefault(gram, []).append(i)
     worst = 0.0
-    for h in ours:
-        mine = word_ngrams(h.prompt, 4)
+    for prompt in ours:
+        mine = word_ngrams(prompt, 4)
         hits: dict[int, int] = {}
         for gram in mine:
             for i in index.get(gram, ()):
@@ -136,6 +138,77 @@ def test_hard_negatives_never_contain_a_heldout_prompt():
         if hits and mine:
             worst = max(worst, max(hits.values()) / len(mine))
     assert worst < 0.5, worst
+
+
+def test_hard_negatives_never_contain_a_heldout_prompt():
+    _assert_no_heldout_prompt([h.prompt for h in all_hard_negatives()])
+
+
+def test_harm_taxonomy_never_contains_a_heldout_prompt():
+    _assert_no_heldout_prompt([p.prompt for p in all_taxonomy_prompts()])
+
+
+def test_harm_taxonomy_pairs_every_harmful_form_with_a_benign_twin_and_holds_out_both():
+    assert set(HARMFUL) == set(TWINS)
+    for family in HARMFUL:  # the twin of template i has its form: same count, same opening word
+        assert len(HARMFUL[family]) == len(TWINS[family]) >= 4
+        assert [t.split()[0] for t, _ in HARMFUL[family]] == [t.split()[0] for t, _ in TWINS[family]]
+    everything = all_taxonomy_prompts()
+    assert {(p.label, p.source) for p in everything} == {(1, TAXONOMY_SOURCE), (0, TWIN_SOURCE)}
+    assert len({p.prompt for p in everything}) == len(everything) > 800
+    harmful_text = {p.prompt for p in everything if p.label == 1}
+    assert not harmful_text & {p.prompt for p in everything if p.label == 0}
+    drawn = generate_taxonomy_prompts(200, seed=0)
+    assert drawn == generate_taxonomy_prompts(200, seed=0) and drawn != generate_taxonomy_prompts(200, seed=1)
+    assert [p.label for p in drawn] == [1, 0] * 100  # any prefix is balanced
+    assert {p.family for p in drawn[:20]} == set(HARMFUL)  # round-robin over families
+    train, val = taxonomy_split(generate_taxonomy_prompts(None, seed=0), 0.1, seed=0)
+    held = {p.template for p in val}
+    assert held and not held & {p.template for p in train}
+    assert all({p.label for p in val if p.template == name} == {0, 1} for name in held)  # a form, both labels
+    assert len(held) == len(HARMFUL)  # one of each family's templates
+
+
+def test_harm_taxonomy_rows_are_classification_only_split_by_template_and_leave_the_mix_alone():
+    common = dict(num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.25, val_fraction=0.3, seed=0,
+                  cls_only_harmful=20, hard_negatives=generate_hard_negatives(60, seed=0))
+    harmful, benign = _records(60, 1, "hack"), _records(200, 0, "soup")
+    base = build_mix(harmful, benign, **common)
+    taxonomy = generate_taxonomy_prompts(120, seed=0)
+    split = build_mix(harmful, benign, **common, harm_taxonomy=taxonomy)
+    sources = (TAXONOMY_SOURCE, TWIN_SOURCE)
+    rows = {side: [ex for ex in getattr(split, side) if ex.source in sources] for side in ("train", "val")}
+    assert len(rows["train"]) + len(rows["val"]) == 120
+    assert all(ex.classify_only and not ex.response for side in rows.values() for ex in side)
+    _, val = taxonomy_split(taxonomy, 0.3, seed=0)
+    assert sorted(ex.prompt for ex in rows["val"]) == sorted(p.prompt for p in val)
+    label = {p.prompt: p.label for p in taxonomy}
+    assert all(ex.label == label[ex.prompt] for side in rows.values() for ex in side)
+    assert {ex.label for ex in rows["train"]} == {0, 1}
+    for side in ("train", "val"):  # every other row as it was
+        others = sorted(ex.prompt for ex in getattr(split, side) if ex.source not in sources)
+        assert others == sorted(ex.prompt for ex in getattr(base, side))
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_the_validation_set_is_held_out_from_a_fit_of_its_own_seed_only(seed):
+    """`scripts/eval_classifier.py --seed S` scores a fit of `data.seed: S` on prompts that fit never trains on;
+    seed 0's set is mostly training data for a fit of seed 1 (why `--seed` exists)."""
+    from scripts.eval_classifier import eval_set
+
+    records = [r for src in default_sources() for r in load_source(src, seed=seed)]
+    split = build_mix([r for r in records if r.label == 1], [r for r in records if r.label == 0], num_harmful=160,
+                      benign_per_harmful=2.0, prefill_fraction=0.25, val_fraction=0.1, seed=seed, cls_only_harmful=700,
+                      hard_negatives=generate_hard_negatives(600, seed=seed),
+                      harm_taxonomy=generate_taxonomy_prompts(600, seed=seed))
+    trained = {ex.prompt for ex in split.train}
+    own = eval_set(seed)
+    plain = [p for p, _, group, wrapper in own if not wrapper and group in ("harmful", "chat", "hard_negatives",
+                                                                               "taxonomy_harmful", "taxonomy_twins")]
+    assert len(plain) > 500 and not trained & set(plain)
+    assert all(wrapper == "suffix" or in_validation(wrapper, 0.1, seed) for *_, wrapper in own if wrapper)
+    seed0 = {p for p, _, group, _ in eval_set(0) if group == "harmful"}
+    assert len(trained & seed0) > len(seed0) / 2
 
 
 # --------------------------------------------------------------------------- 3. rephrasings

@@ -24,20 +24,21 @@ def load(spec: str) -> dict:
     return next(r for r in runs if r["model"] == model)["by_threshold"]["exported"]
 
 
-def pooled(seed0: dict, seed1: dict, key: str) -> tuple[int, int, str]:
-    k0, k1 = seed0[key]["flagged"], seed1[key]["flagged"]
-    n = seed0[key]["n"] + seed1[key]["n"]
-    return k0 + k1, n, f"{k0}+{k1}={k0 + k1}/{n}"
+def pooled(runs: tuple[dict, ...], key: str) -> tuple[int, int, str]:
+    """(flagged, n, cell) of `key` summed over the seeds' runs; the cell shows each seed's count."""
+    ks = [run[key]["flagged"] for run in runs]
+    n = sum(run[key]["n"] for run in runs)
+    return sum(ks), n, ("+".join(map(str, ks)) + "=" if len(ks) > 1 else "") + f"{sum(ks)}/{n}"
 
 
-def judge(shipped: tuple[dict, dict], candidate: tuple[dict, dict], recall: list[str], fpr: list[str],
+def judge(shipped: tuple[dict, ...], candidate: tuple[dict, ...], recall: list[str], fpr: list[str],
           reported: list[str], seeds: str = "s0+s1", width: int = 30) -> bool:
     """Print the pooled table; True when every `recall` and `fpr` group passes (`reported` ones are shown only)."""
     passes = True
     print(f"{'group':{width}} {'shipped ' + seeds:>16} {'Wilson':>14} {'cand ' + seeds:>16} verdict")
     for key in recall + fpr + reported:
-        sk, sn, shipped_cell = pooled(*shipped, key)
-        ck, cn, candidate_cell = pooled(*candidate, key)
+        sk, sn, shipped_cell = pooled(shipped, key)
+        ck, cn, candidate_cell = pooled(candidate, key)
         lo, hi = wilson(sk, sn)
         ok = ck / cn >= lo if key in recall else ck / cn <= hi if key in fpr else None
         passes &= ok is not False

@@ -1,0 +1,33 @@
+"""Result 12's decision rule (reports/recipe.md), written before the candidate's fit: Result 11's per-wrapper rule on
+one seed, both fits scored on the validation set of their own seed (`scripts/eval_classifier.py --seed 1`), plus the
+generated groups of held-out harm-taxonomy templates.
+
+    python reports/taxonomy/rule.py SHIPPED_S1 CANDIDATE_S1
+
+Each argument is `recipe_eval.json:export`. Exit status 0 when the candidate passes.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frames_report" / "seeds23"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frames_report" / "second_seed"))
+from by_wrapper_rule import FPR, HARMFUL_TEXT_TEMPLATES, RECALL, load  # noqa: E402
+from pooled_rule import judge, pooled  # noqa: E402
+from evaluation.stats import wilson  # noqa: E402
+
+if __name__ == "__main__":
+    shipped, candidate = map(load, sys.argv[1:3])
+    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES)] + ["benign_fpr_wrapped"]
+    judged = sorted(key for key in shipped if key.startswith("wrapped_chat[") and key not in reported)
+    # Not worse anywhere: recall not below, benign flags not above the shipped fit's Wilson 95% interval;
+    # the benign twins of the held-out taxonomy templates count as benign (a form must not read as harm).
+    passes = judge((shipped,), (candidate,), RECALL, FPR + ["benign_fpr_taxonomy_twins", "wrapped_chat_rule"] + judged,
+                   reported, seeds="s1", width=40)
+    # And better where the lever aims: recall on held-out taxonomy templates above the shipped fit's interval.
+    sk, sn, _ = pooled((shipped,), "recall_taxonomy_harmful")
+    ck, cn, _ = pooled((candidate,), "recall_taxonomy_harmful")
+    gain = ck / cn > wilson(sk, sn)[1]
+    print(f"recall_taxonomy_harmful: shipped {sk}/{sn} (Wilson upper {wilson(sk, sn)[1] * sn:.1f}), candidate {ck}/{cn}:",
+          "gain" if gain else "NO GAIN")
+    print("verdict:", "PASSES" if passes and gain else "FAILS")
+    sys.exit(0 if passes and gain else 1)
