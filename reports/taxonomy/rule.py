@@ -1,10 +1,11 @@
-"""Result 12's decision rule (reports/recipe.md), written before the candidate's fit: Result 11's per-wrapper rule on
-one seed, both fits scored on the validation set of their own seed (`scripts/eval_classifier.py --seed 1`), plus the
-generated groups of held-out harm-taxonomy templates.
+"""Result 12's decision rule (reports/recipe.md), written before the candidate's fits: Result 11's per-wrapper rule,
+pooled over seeds 1 and 2, every fit scored on the validation set of its own seed (`scripts/eval_classifier.py
+--seed S`), plus the generated groups of held-out harm-taxonomy templates.
 
-    python reports/taxonomy/rule.py SHIPPED_S1 CANDIDATE_S1
+    python reports/taxonomy/rule.py SHIPPED_S1 SHIPPED_S2 CANDIDATE_S1 CANDIDATE_S2
 
-Each argument is `recipe_eval.json:export`. Exit status 0 when the candidate passes.
+Each argument is `recipe_eval.json:export`. With one seed of each (two arguments) the verdict is interim.
+Exit status 0 when the candidate passes.
 """
 import sys
 from pathlib import Path
@@ -16,18 +17,20 @@ from pooled_rule import judge, pooled  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 
 if __name__ == "__main__":
-    shipped, candidate = map(load, sys.argv[1:3])
+    runs = [load(spec) for spec in sys.argv[1:]]
+    shipped, candidate = tuple(runs[: len(runs) // 2]), tuple(runs[len(runs) // 2 :])
+    seeds = "+".join(f"s{i + 1}" for i in range(len(shipped)))
     reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES)] + ["benign_fpr_wrapped"]
-    judged = sorted(key for key in shipped if key.startswith("wrapped_chat[") and key not in reported)
+    judged = sorted(key for key in shipped[0] if key.startswith("wrapped_chat[") and key not in reported)
     # Not worse anywhere: recall not below, benign flags not above the shipped fit's Wilson 95% interval;
     # the benign twins of the held-out taxonomy templates count as benign (a form must not read as harm).
-    passes = judge((shipped,), (candidate,), RECALL, FPR + ["benign_fpr_taxonomy_twins", "wrapped_chat_rule"] + judged,
-                   reported, seeds="s1", width=40)
+    passes = judge(shipped, candidate, RECALL, FPR + ["benign_fpr_taxonomy_twins", "wrapped_chat_rule"] + judged,
+                   reported, seeds=seeds, width=40)
     # And better where the lever aims: recall on held-out taxonomy templates above the shipped fit's interval.
-    sk, sn, _ = pooled((shipped,), "recall_taxonomy_harmful")
-    ck, cn, _ = pooled((candidate,), "recall_taxonomy_harmful")
+    sk, sn, _ = pooled(shipped, "recall_taxonomy_harmful")
+    ck, cn, _ = pooled(candidate, "recall_taxonomy_harmful")
     gain = ck / cn > wilson(sk, sn)[1]
     print(f"recall_taxonomy_harmful: shipped {sk}/{sn} (Wilson upper {wilson(sk, sn)[1] * sn:.1f}), candidate {ck}/{cn}:",
           "gain" if gain else "NO GAIN")
-    print("verdict:", "PASSES" if passes and gain else "FAILS")
+    print("verdict" + (" (interim, one seed)" if len(shipped) == 1 else "") + ":", "PASSES" if passes and gain else "FAILS")
     sys.exit(0 if passes and gain else 1)
