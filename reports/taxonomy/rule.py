@@ -21,9 +21,11 @@ if __name__ == "__main__":
     shipped, candidate = tuple(runs[: len(runs) // 2]), tuple(runs[len(runs) // 2 :])
     seeds = "+".join(f"s{i + 1}" for i in range(len(shipped)))
     # The validation wrappers depend on the seed (seed 1's are confronting_personalities, dan_8 and suffixes).
-    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES) if f"wrapped_chat[{w}]" in shipped[0]]
+    # Each wrapper is judged on the seeds that hold it out, pooled.
+    wrappers = {key for run in shipped for key in run if key.startswith("wrapped_chat[")}
+    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES) if f"wrapped_chat[{w}]" in wrappers]
     reported += ["benign_fpr_wrapped"]
-    judged = sorted(key for key in shipped[0] if key.startswith("wrapped_chat[") and key not in reported)
+    judged = sorted(wrappers - set(reported))
     # Not worse anywhere: recall not below, benign flags not above the shipped fit's Wilson 95% interval;
     # the benign twins of the held-out taxonomy templates count as benign (a form must not read as harm).
     passes = judge(shipped, candidate, RECALL, FPR + ["benign_fpr_taxonomy_twins", "wrapped_chat_rule"] + judged,
