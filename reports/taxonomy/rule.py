@@ -12,24 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frames_report" / "seeds23"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frames_report" / "second_seed"))
-from by_wrapper_rule import FPR, HARMFUL_TEXT_TEMPLATES, RECALL, load  # noqa: E402
-from pooled_rule import judge, pooled  # noqa: E402
+from by_wrapper_rule import judge_by_wrapper, load  # noqa: E402
+from pooled_rule import pooled  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 
 if __name__ == "__main__":
     runs = [load(spec) for spec in sys.argv[1:]]
     shipped, candidate = tuple(runs[: len(runs) // 2]), tuple(runs[len(runs) // 2 :])
     seeds = "+".join(f"s{i + 1}" for i in range(len(shipped)))
-    # The validation wrappers depend on the seed (seed 1's are confronting_personalities, dan_8 and suffixes).
-    # Each wrapper is judged on the seeds that hold it out, pooled.
-    wrappers = {key for run in shipped for key in run if key.startswith("wrapped_chat[")}
-    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES) if f"wrapped_chat[{w}]" in wrappers]
-    reported += ["benign_fpr_wrapped"]
-    judged = sorted(wrappers - set(reported))
-    # Not worse anywhere: recall not below, benign flags not above the shipped fit's Wilson 95% interval;
-    # the benign twins of the held-out taxonomy templates count as benign (a form must not read as harm).
-    passes = judge(shipped, candidate, RECALL, FPR + ["benign_fpr_taxonomy_twins", "wrapped_chat_rule"] + judged,
-                   reported, seeds=seeds, width=40)
+    # Not worse anywhere (Result 11's rule); the benign twins of the held-out taxonomy templates count as benign
+    # (a form must not read as harm).
+    passes = judge_by_wrapper(shipped, candidate, extra_fpr=("benign_fpr_taxonomy_twins",), seeds=seeds)
     # And better where the lever aims: recall on held-out taxonomy templates above the shipped fit's interval.
     sk, sn, _ = pooled(shipped, "recall_taxonomy_harmful")
     ck, cn, _ = pooled(candidate, "recall_taxonomy_harmful")

@@ -35,8 +35,18 @@ def load(spec: str) -> dict:
     return groups
 
 
+def judge_by_wrapper(shipped: tuple[dict, ...], candidate: tuple[dict, ...], extra_fpr: tuple[str, ...] = (),
+                     seeds: str = "s2+s3") -> bool:
+    """Print the pooled table; True when the candidate passes. Each validation wrapper is judged pooled over the
+    seeds that hold it out (fits scored on their own seed's split have different wrappers)."""
+    wrappers = {key for run in shipped for key in run if key.startswith("wrapped_chat[")}
+    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES) if f"wrapped_chat[{w}]" in wrappers]
+    reported += ["benign_fpr_wrapped"]
+    judged = sorted(wrappers - set(reported))
+    return judge(shipped, candidate, RECALL, FPR + list(extra_fpr) + ["wrapped_chat_rule"] + judged, reported,
+                 seeds=seeds, width=40)
+
+
 if __name__ == "__main__":
     s2, s3, c2, c3 = map(load, sys.argv[1:5])
-    reported = [f"wrapped_chat[{w}]" for w in sorted(HARMFUL_TEXT_TEMPLATES)] + ["benign_fpr_wrapped"]
-    judged = sorted(key for key in s2 if key.startswith("wrapped_chat[") and key not in reported)
-    judge((s2, s3), (c2, c3), RECALL, FPR + ["wrapped_chat_rule"] + judged, reported, seeds="s2+s3", width=40)
+    judge_by_wrapper((s2, s3), (c2, c3))
