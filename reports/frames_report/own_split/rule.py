@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seeds23"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "second_seed"))
-from by_wrapper_rule import judge_by_wrapper, load  # noqa: E402
+from by_wrapper_rule import registered_verdict  # noqa: E402
 from pooled_rule import pooled  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 
@@ -26,14 +26,14 @@ def framed(runs: tuple[dict, ...]) -> tuple[int, int]:
     return sum(k for k, _ in counts), sum(n for _, n in counts)
 
 
-if __name__ == "__main__":
-    runs = [load(spec) for spec in sys.argv[1:]]
-    shipped, candidate = tuple(runs[: len(runs) // 2]), tuple(runs[len(runs) // 2 :])
-    seeds = "+".join(f"s{i + 1}" for i in range(len(shipped)))
-    passes = judge_by_wrapper(shipped, candidate, extra_fpr=("benign_fpr_taxonomy_twins",), seeds=seeds)
+def frame_gain(shipped: tuple[dict, ...], candidate: tuple[dict, ...]) -> bool:
+    """Framed chat flagged, five frames pooled, below the shipped fit's Wilson 95% interval."""
     (sk, sn), (ck, cn) = framed(shipped), framed(candidate)
     gain = ck / cn < wilson(sk, sn)[0]
     print(f"framed chat flagged: shipped {sk}/{sn} (Wilson lower {wilson(sk, sn)[0] * sn:.1f}), candidate {ck}/{cn}:",
           "gain" if gain else "NO GAIN")
-    print("verdict" + (" (interim, one seed)" if len(shipped) == 1 else "") + ":", "PASSES" if passes and gain else "FAILS")
-    sys.exit(0 if passes and gain else 1)
+    return gain
+
+
+if __name__ == "__main__":
+    sys.exit(registered_verdict(sys.argv[1:], frame_gain))

@@ -27,8 +27,8 @@ def load(spec: str) -> dict:
 def pooled(runs: tuple[dict, ...], key: str) -> tuple[int, int, str]:
     """(flagged, n, cell) of `key` summed over the seeds' runs that have it (a validation wrapper belongs to some
     seeds only); the cell shows each such seed's count."""
-    ks = [run[key]["flagged"] for run in runs if key in run]
-    n = sum(run[key]["n"] for run in runs if key in run)
+    cells = [run[key] for run in runs if key in run]
+    ks, n = [cell["flagged"] for cell in cells], sum(cell["n"] for cell in cells)
     return sum(ks), n, ("+".join(map(str, ks)) + "=" if len(ks) > 1 else "") + f"{sum(ks)}/{n}"
 
 

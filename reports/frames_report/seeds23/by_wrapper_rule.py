@@ -9,6 +9,7 @@ Each argument is `recipe_eval.json:export` (a `scripts/eval_classifier.py` outpu
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "second_seed"))
 from pooled_rule import judge  # noqa: E402
@@ -45,6 +46,19 @@ def judge_by_wrapper(shipped: tuple[dict, ...], candidate: tuple[dict, ...], ext
     judged = sorted(wrappers - set(reported))
     return judge(shipped, candidate, RECALL, FPR + list(extra_fpr) + ["wrapped_chat_rule"] + judged, reported,
                  seeds=seeds, width=40)
+
+
+def registered_verdict(specs: list[str], gain: Callable[[tuple[dict, ...], tuple[dict, ...]], bool]) -> int:
+    """Results 12 and 13: shipped fits then candidate fits (`recipe_eval.json:export` each, one seed or two), judged by
+    `judge_by_wrapper` with the benign taxonomy twins counted as benign, and `gain` (which prints its own line) where
+    the lever aims. Prints the verdict; returns the exit status (0 when the candidate passes)."""
+    runs = [load(spec) for spec in specs]
+    shipped, candidate = tuple(runs[: len(runs) // 2]), tuple(runs[len(runs) // 2 :])
+    seeds = "+".join(f"s{i + 1}" for i in range(len(shipped)))
+    passes = judge_by_wrapper(shipped, candidate, extra_fpr=("benign_fpr_taxonomy_twins",), seeds=seeds)
+    passes = gain(shipped, candidate) and passes
+    print("verdict" + (" (interim, one seed)" if len(shipped) == 1 else "") + ":", "PASSES" if passes else "FAILS")
+    return 0 if passes else 1
 
 
 if __name__ == "__main__":
