@@ -8,6 +8,11 @@
     python benchmarks/train_step.py                       # SmolLM2-135M, batch 4 x 256
     python benchmarks/train_step.py --tiny --steps 20     # quick check on the tiny model
 
+    python benchmarks/train_step.py --precision --batch-size 8 --length 128   # 3. only
+
+3. Precision (`--precision`): `Trainer.fit` throughput under `bf16-mixed` (CPU autocast, float32 master
+   weights) vs `32-true`, same module, batches and seed, alternated.
+
 Targets: step-time ratio <= 1.05x, Lightning throughput >= 0.95x of the raw loop.
 """
 
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-probes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the measurements to cancel drift")
+    parser.add_argument("--precision", action="store_true", help="only measure bf16-mixed vs 32-true under Trainer.fit")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -95,12 +101,6 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-    t_ours, t_plain = [], []
-    for _ in range(args.repeats):
-        t_plain.append(time_steps(plain, args.steps, args.warmup))
-        t_ours.append(time_steps(ours, args.steps, args.warmup))
-    step_ours, step_plain = min(t_ours), min(t_plain)
 
     # Lightning vs a raw loop over the same module, data and optimizer settings.
     tokens_per_step = ids.numel()
@@ -127,14 +127,38 @@ def main() -> None:
         def on_train_end(self, trainer, pl_module):
             self.tps = args.steps * tokens_per_step / (time.perf_counter() - self.start)
 
-    def lightning_loop() -> float:
+    def lightning_loop(precision: str = "32-true") -> float:
         timer = Timer()
         trainer = L.Trainer(
             accelerator="cpu", devices=1, max_steps=n_batches, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+            precision=precision,
         )
         trainer.fit(module, train_dataloaders=loader)
         return timer.tps
+
+    name = "tiny random Llama" if args.tiny else "SmolLM2-135M-Instruct"
+    header = (f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"threads {torch.get_num_threads()}\n"
+              f"model: {name}; batch {args.batch_size} x {args.length} real tokens + {n_probe_tokens} probe tokens "
+              f"(max_probes={args.max_probes}); {args.steps} timed steps after {args.warmup} warmup, best of {args.repeats}")
+    if args.precision:
+        tps = {"32-true": [], "bf16-mixed": []}
+        for _ in range(args.repeats):
+            for precision in tps:
+                tps[precision].append(lightning_loop(precision))
+        fp32, bf16 = max(tps["32-true"]), max(tps["bf16-mixed"])
+        print(header)
+        print(f"Lightning fit, 32-true:    {fp32:9.1f} tokens/s")
+        print(f"Lightning fit, bf16-mixed: {bf16:9.1f} tokens/s")
+        print(f"step-time ratio bf16/fp32: {fp32 / bf16:9.3f}x")
+        return
+
+    t_ours, t_plain = [], []
+    for _ in range(args.repeats):
+        t_plain.append(time_steps(plain, args.steps, args.warmup))
+        t_ours.append(time_steps(ours, args.steps, args.warmup))
+    step_ours, step_plain = min(t_ours), min(t_plain)
 
     tps_raw, tps_pl = [], []
     for _ in range(args.repeats):
@@ -142,11 +166,7 @@ def main() -> None:
         tps_pl.append(lightning_loop())
     raw, pl = max(tps_raw), max(tps_pl)
 
-    name = "tiny random Llama" if args.tiny else "SmolLM2-135M-Instruct"
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
-    print(f"model: {name}; batch {args.batch_size} x {args.length} real tokens + {n_probe_tokens} probe tokens "
-          f"(max_probes={args.max_probes}); {args.steps} timed steps after {args.warmup} warmup, best of {args.repeats}")
+    print(header)
     print(f"plain HF step:        {step_plain * 1000:9.1f} ms")
     print(f"SafetySignalLM step:  {step_ours * 1000:9.1f} ms")
     print(f"step-time ratio:      {step_ours / step_plain:9.3f}x  (target <= 1.05x)")
