@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,6 +35,11 @@ from safety_signal.model import (
 
 def _submodule_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def _classifier_metrics(prefix: str) -> MetricCollection:
@@ -230,6 +236,11 @@ class SafetySignalLM(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ steps
+    def on_fit_start(self) -> None:
+        if self.trainer.precision == "bf16-mixed" and self.device.type == "cpu" and not native_cpu_bf16():
+            rank_zero_warn("bf16-mixed on a CPU without AVX512-BF16 or AMX: bf16 is emulated here and can train slower "
+                           "than float32; pass --trainer.precision 32-true")
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.compute_losses(batch)
         n = batch["input_ids"].shape[0]

@@ -3,12 +3,17 @@
 import random
 from dataclasses import replace
 
+import warnings
+
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from safety_signal.config import SafetyConfig
 from safety_signal.layout import ProbeConfig, collate_examples, encode_example
 from safety_signal.masks import Role
+import lightning_modules.safety_signal_lm as safety_signal_lm
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from tests.conftest import tiny_overrides
 
@@ -103,6 +108,35 @@ def test_sft_loss_matches_hf_loss_function_with_our_mask(tiny_module):
     hf = module.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
                       labels=batch["lm_targets"]).loss
     torch.testing.assert_close(ours, hf, atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_autocast_keeps_the_float32_losses(tiny_module):
+    """`precision: bf16-mixed` (CPU autocast) computes the forward in bf16 through our 4D mask, padding rows included,
+    and the losses in float32: the same numbers to bf16 precision, all finite."""
+    batch = make_batch(tiny_module)
+    fp32 = tiny_module.compute_losses(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = tiny_module.compute_losses(batch)
+    assert bf16["cls_logits"].dtype == torch.bfloat16 and fp32["cls_logits"].dtype == torch.float32
+    for key in ("loss", "lm_loss", "cls_loss"):
+        assert bf16[key].dtype == torch.float32 and torch.isfinite(bf16[key])
+        torch.testing.assert_close(bf16[key], fp32[key], rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(bf16["cls_logits"].float(), fp32["cls_logits"], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_fit_warns_only_where_the_cpu_emulates_bf16(monkeypatch, tmp_path, native):
+    monkeypatch.setattr(safety_signal_lm, "native_cpu_bf16", lambda: native)
+    module = SafetySignalLM(config_overrides=tiny_overrides())
+    module.configure_model()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, train_dataloaders=DataLoader([make_batch(module)], batch_size=None))
+    emulated = [w for w in caught if "--trainer.precision 32-true" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
 
 
 def test_harmful_prefill_is_never_an_lm_target(tiny_module):
