@@ -76,13 +76,17 @@ def first_verdicts(module: Any, prompts: Sequence[str], labels: Sequence[int], b
         encode_example(tokenizer, p, "", y, safety, probe_config=None, max_length=10**6, classify_only=True)
         for p, y in zip(prompts, labels)
     ]
-    probs: list[float] = []
+    # Batches of similar length (a wrapped prompt can be 20x a chat one): each row's verdict is its own, padding is not.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    probs = [0.0] * len(encoded)
     device = module.device
-    for start in range(0, len(encoded), batch_size):
-        batch = collate_examples(encoded[start : start + batch_size], tokenizer.pad_token_id, cls_token_id(tokenizer), safety.phase)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collate_examples([encoded[i] for i in rows], tokenizer.pad_token_id, cls_token_id(tokenizer), safety.phase)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         _, cls_logits = module(batch, lm_logits=False)
-        probs += torch.sigmoid(cls_logits[batch["roles"] == Role.CLS].float()).tolist()
+        for i, prob in zip(rows, torch.sigmoid(cls_logits[batch["roles"] == Role.CLS].float()).tolist()):
+            probs[i] = prob
     module.train(was_training)
     return probs
 

@@ -662,10 +662,10 @@ class SafetyMixDataModule(L.LightningDataModule):
             self.resume_batches = state_dict.get("batches_done")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(by_length(self.val_set), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(by_length(self.val_set), shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -781,6 +781,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return sum(math.ceil(self.kinds.count(kind) / self.size(kind)) for kind in set(self.kinds))
+
+
+def by_length(examples: list[EncodedExample]) -> list[EncodedExample]:
+    """Evaluation order: batches pad to rows of similar length (the metrics do not depend on the order)."""
+    return sorted(examples, key=lambda example: len(example.input_ids))
 
 
 def _collate_prompts(items: list[tuple[int, str]]) -> dict:

@@ -326,7 +326,9 @@ class SafetySignalLM(L.LightningModule):
             [
                 {"params": lm_params, "lr": hp.lr, "weight_decay": hp.weight_decay},
                 {"params": head_params, "lr": hp.head_lr or hp.lr, "weight_decay": 0.0},
-            ]
+            ],
+            # On CPU torch's default AdamW updates tensor by tensor; the fused kernel is the same update in one pass.
+            fused=self.device.type == "cpu" or None,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
 

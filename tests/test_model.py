@@ -139,6 +139,35 @@ def test_bf16_fit_warns_only_where_the_cpu_emulates_bf16(monkeypatch, tmp_path, 
     assert len(emulated) == (0 if native else 1)
 
 
+def test_cpu_training_uses_fused_adamw_which_is_the_default_update(tmp_path):
+    module = SafetySignalLM(config_overrides=tiny_overrides(), lr=1e-3, head_lr=1e-2)
+    module.configure_model()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader([make_batch(module)], batch_size=None))
+    assert trainer.optimizers[0].defaults["fused"] is True
+    # Three steps from the same weights with the module's two parameter groups, fused vs torch's default AdamW.
+    start = {name: p.detach().clone() for name, p in module.named_parameters()}
+    head = [p for name, p in module.named_parameters() if name.startswith("head.")]
+    lm = [p for name, p in module.named_parameters() if not name.startswith("head.")]
+    batch, after = make_batch(module), []
+    for fused in (True, None):
+        module.zero_grad(set_to_none=True)  # fit leaves its last gradients
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(start[name])
+        optimizer = torch.optim.AdamW([{"params": lm, "lr": 1e-3, "weight_decay": 0.01},
+                                       {"params": head, "lr": 1e-2, "weight_decay": 0.0}], fused=fused)
+        for _ in range(3):
+            module.compute_losses(batch)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        after.append({name: p.detach().clone() for name, p in module.named_parameters()})
+    assert any(not torch.equal(after[1][name], start[name]) for name in start)
+    for name in start:
+        torch.testing.assert_close(after[0][name], after[1][name], rtol=1e-5, atol=1e-6)
+
+
 def test_harmful_prefill_is_never_an_lm_target(tiny_module):
     batch = make_batch(tiny_module)
     prefill_ids = tiny_module.tokenizer(EXAMPLES[1][3], add_special_tokens=False)["input_ids"]

@@ -425,6 +425,19 @@ def test_calibration_picks_the_threshold_of_the_target_fpr():
     assert auroc([0.5, 0.5], [1, 0]) == 0.5
 
 
+def test_first_verdicts_in_length_sorted_batches_are_each_prompts_own(tiny_module):
+    """Prompts of very different lengths, batched by length: every verdict lands on its prompt, as if scored alone."""
+    module = copy.deepcopy(tiny_module)
+    with torch.no_grad():
+        module.head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    prompts = ["Tell me " + "a very long story about a river " * (12 - 5 * (i % 3)) + str(i) for i in range(7)]
+    labels = [i % 2 for i in range(7)]
+    batched = first_verdicts(module, prompts, labels, batch_size=3)
+    alone = [first_verdicts(module, [p], [y], batch_size=1)[0] for p, y in zip(prompts, labels)]
+    assert len(set(round(p, 4) for p in alone)) >= 5  # a misplaced verdict would show
+    assert batched == pytest.approx(alone, rel=1e-4, abs=1e-7)
+
+
 def test_calibration_callback_sets_the_threshold_the_export_writes(tmp_path, tiny_module):
     import lightning as L
 
