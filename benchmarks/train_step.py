@@ -9,9 +9,12 @@
     python benchmarks/train_step.py --tiny --steps 20     # quick check on the tiny model
 
     python benchmarks/train_step.py --precision --batch-size 8 --length 128   # 3. only
+    python benchmarks/train_step.py --optimizer --steps 5                     # 4. only
 
 3. Precision (`--precision`): `Trainer.fit` throughput under `bf16-mixed` (CPU autocast, float32 master
    weights) vs `32-true`, same module, batches and seed, alternated.
+4. Optimizer (`--optimizer`): one AdamW step over the module's parameters, torch's default CPU implementation vs
+   the fused kernel `SafetySignalLM.configure_optimizers` uses on CPU, alternated.
 
 Targets: step-time ratio <= 1.05x, Lightning throughput >= 0.95x of the raw loop.
 """
@@ -68,6 +71,21 @@ def time_steps(step, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def time_optimizer(module: SafetySignalLM, args: argparse.Namespace) -> None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    seconds: dict[str, list[float]] = {"default": [], "fused": []}
+    for _ in range(args.repeats):
+        for name in seconds:
+            optimizer = torch.optim.AdamW(params, lr=1e-6, fused=(name == "fused") or None)
+            seconds[name].append(time_steps(optimizer.step, args.steps, args.warmup))
+    default, fused = min(seconds["default"]), min(seconds["fused"])
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"AdamW step over {sum(p.numel() for p in params) / 1e6:.1f} M parameters, best of {args.repeats}:")
+    print(f"default: {default * 1000:8.1f} ms   fused: {fused * 1000:8.1f} ms   ratio fused/default: {fused / default:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="tiny random Llama instead of SmolLM2-135M")
@@ -78,12 +96,16 @@ def main() -> None:
     parser.add_argument("--max-probes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="alternate the measurements to cancel drift")
     parser.add_argument("--precision", action="store_true", help="only measure bf16-mixed vs 32-true under Trainer.fit")
+    parser.add_argument("--optimizer", action="store_true", help="only measure AdamW's step, default vs fused")
     args = parser.parse_args()
     torch.manual_seed(0)
 
     module = SafetySignalLM(config_overrides=TINY if args.tiny else None, attn_implementation="sdpa")
     module.configure_model()
     module.train()
+    if args.optimizer:
+        time_optimizer(module, args)
+        return
     probes = ProbeConfig(max_probes=args.max_probes)
     batch = make_batch(module, args.batch_size, args.length, probes)
     ids, targets = plain_inputs(batch)
@@ -108,7 +130,7 @@ def main() -> None:
     loader = DataLoader([batch] * n_batches, batch_size=None)
 
     def raw_loop() -> float:
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-6)
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-6, fused=True)  # as configure_optimizers on CPU
         start = None
         for i, b in enumerate(loader):
             if i == args.warmup:
