@@ -328,7 +328,8 @@ class SafetySignalLM(L.LightningModule):
                 {"params": head_params, "lr": hp.head_lr or hp.lr, "weight_decay": 0.0},
             ],
             # On CPU torch's default AdamW updates tensor by tensor; the fused kernel is the same update in one pass.
-            fused=self.device.type == "cpu" or None,
+            # (Lightning refuses gradient clipping with a fused optimizer under mixed precision.)
+            fused=(self.device.type == "cpu" and "mixed" not in str(self.trainer.precision)) or None,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
 
