@@ -71,6 +71,10 @@ def time_steps(step, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def machine() -> str:
+    return f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
 def time_optimizer(module: SafetySignalLM, args: argparse.Namespace) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
@@ -81,7 +85,7 @@ def time_optimizer(module: SafetySignalLM, args: argparse.Namespace) -> None:
             optimizer = torch.optim.AdamW(params, lr=1e-6, fused=(name == "fused") or None)
             seconds[name].append(time_steps(optimizer.step, args.steps, args.warmup))
     default, fused = min(seconds["default"]), min(seconds["fused"])
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine())
     print(f"AdamW step over {sum(p.numel() for p in params) / 1e6:.1f} M parameters, best of {args.repeats}:")
     print(f"default: {default * 1000:8.1f} ms   fused: {fused * 1000:8.1f} ms   ratio fused/default: {fused / default:.3f}x")
 
@@ -160,8 +164,7 @@ def main() -> None:
         return timer.tps
 
     name = "tiny random Llama" if args.tiny else "SmolLM2-135M-Instruct"
-    header = (f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-              f"threads {torch.get_num_threads()}\n"
+    header = (f"{machine()}\n"
               f"model: {name}; batch {args.batch_size} x {args.length} real tokens + {n_probe_tokens} probe tokens "
               f"(max_probes={args.max_probes}); {args.steps} timed steps after {args.warmup} warmup, best of {args.repeats}")
     if args.precision:

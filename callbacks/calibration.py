@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from safety_signal.layout import collate_examples, encode_example
+from safety_signal.layout import collate_examples, encode_example, length_order
 from safety_signal.masks import Role
 from safety_signal.model import cls_token_id
 
@@ -76,8 +76,7 @@ def first_verdicts(module: Any, prompts: Sequence[str], labels: Sequence[int], b
         encode_example(tokenizer, p, "", y, safety, probe_config=None, max_length=10**6, classify_only=True)
         for p, y in zip(prompts, labels)
     ]
-    # Batches of similar length (a wrapped prompt can be 20x a chat one): each row's verdict is its own, padding is not.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    order = length_order(encoded)
     probs = [0.0] * len(encoded)
     device = module.device
     for start in range(0, len(order), batch_size):

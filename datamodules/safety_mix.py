@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
-from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example
+from safety_signal.layout import EncodedExample, ProbeConfig, collate_examples, encode_example, length_order
 from datamodules.harm_taxonomy import generate_taxonomy_prompts, taxonomy_split
 from datamodules.hard_negatives import HARD_NEGATIVE_SOURCE, GeneratedPrompt, generate_hard_negatives, template_split
 from datamodules.jailbreaks import JailbreakTemplate, suffix_pieces, training_templates, wrap
@@ -662,10 +662,10 @@ class SafetyMixDataModule(L.LightningDataModule):
             self.resume_batches = state_dict.get("batches_done")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(by_length(self.val_set), shuffle=False)
+        return self._loader([self.val_set[i] for i in length_order(self.val_set)], shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(by_length(self.val_set), shuffle=False)
+        return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -781,11 +781,6 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return sum(math.ceil(self.kinds.count(kind) / self.size(kind)) for kind in set(self.kinds))
-
-
-def by_length(examples: list[EncodedExample]) -> list[EncodedExample]:
-    """Evaluation order: batches pad to rows of similar length (the metrics do not depend on the order)."""
-    return sorted(examples, key=lambda example: len(example.input_ids))
 
 
 def _collate_prompts(items: list[tuple[int, str]]) -> dict:

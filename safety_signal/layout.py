@@ -10,6 +10,7 @@ Probe windows are indices into this row; see `safety_signal.masks` for the atten
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -166,6 +167,12 @@ def _thin(windows: list, keep: int) -> list:
     else:
         negative = []
     return sorted(positive + negative, key=lambda w: w[2])
+
+
+def length_order(examples: Sequence[EncodedExample]) -> list[int]:
+    """Indices of `examples`, shortest first: evaluation batches cut from this order pad to rows of similar length
+    (a wrapped prompt can be 20x a chat one), and each row's result is its own, not its padding's."""
+    return sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
 
 
 def collate_examples(
