@@ -15,13 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frames_report" / "seeds23"))
-from by_wrapper_rule import registered_verdict  # noqa: E402
-
-
-def no_validation_gain_needed(shipped: tuple[dict, ...], candidate: tuple[dict, ...]) -> bool:
-    print("no validation gain required: the lever is the demo's wall time (benchmarks/RESULTS.md)")
-    return True
-
+from by_wrapper_rule import no_gain_needed, registered_verdict  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(registered_verdict(sys.argv[1:], no_validation_gain_needed))
+    sys.exit(registered_verdict(sys.argv[1:], no_gain_needed("the lever is the demo's wall time (benchmarks/RESULTS.md)")))

@@ -48,6 +48,14 @@ def judge_by_wrapper(shipped: tuple[dict, ...], candidate: tuple[dict, ...], ext
                  seeds=seeds, width=40)
 
 
+def no_gain_needed(reason: str) -> Callable[[tuple[dict, ...], tuple[dict, ...]], bool]:
+    """The `gain` condition of a lever bought for something other than a validation gain (Results 14 and 15)."""
+    def gain(shipped: tuple[dict, ...], candidate: tuple[dict, ...]) -> bool:
+        print(f"no validation gain required: {reason}")
+        return True
+    return gain
+
+
 def registered_verdict(specs: list[str], gain: Callable[[tuple[dict, ...], tuple[dict, ...]], bool]) -> int:
     """Results 12 and 13: shipped fits then candidate fits (`recipe_eval.json:export` each, one seed or two), judged by
     `judge_by_wrapper` with the benign taxonomy twins counted as benign, and `gain` (which prints its own line) where
