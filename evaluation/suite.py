@@ -18,7 +18,7 @@ from evaluation.attacks import (
     held_out_benign, held_out_harmful,
 )
 from evaluation.judges import (
-    ANSWERED, DEGENERATE, OTHER_REASON, REFUSED, answer_outcome, garak_refusal, is_refusal, mean_leak, stated_reason,
+    ANSWERED, DEGENERATE, REFUSED, answer_outcome, garak_refusal, is_refusal, mean_leak, reason_fit,
 )
 from evaluation.metrics import Rate, attack_outcomes, attack_success_rate, classifier_metrics, over_refusal_rate
 from safety_signal.decoding import Answer
@@ -183,27 +183,15 @@ class SafetySuite:
         return f"{prompt.source}: {source_categories(prompt.source).get(prompt.prompt, 'unknown')}"
 
     def _reason_fit(self, responses: dict[int, Answer]) -> dict[str, Any] | None:
-        from datamodules.refusals import COARSE_CATEGORIES, refusal_category
         from datamodules.sources import normalize_category
 
-        fits, generic, other, n = 0, 0, 0, 0
-        for i, response in responses.items():
-            case = self.cases[i]
-            if case.attack.startswith(BENIGN_PREFIX):
-                continue
-            stated = stated_reason(response.text, DEFAULT_GUIDE)
-            if stated is None:
-                continue
-            prompt = self.harmful[case.prompt_index]
+        def refusal(i: int, response: Answer) -> tuple[str, str, str]:
+            prompt = self.harmful[self.cases[i].prompt_index]
             raw = source_categories(prompt.source).get(prompt.prompt, "")
-            expected = refusal_category(prompt.prompt, normalize_category(raw))
-            n += 1
-            fits += stated == expected
-            generic += stated in COARSE_CATEGORIES
-            other += stated == OTHER_REASON
-        if not n:
-            return None
-        return {**Rate(fits, n).to_dict(), "generic": generic, "other": other}
+            return response.text, prompt.prompt, normalize_category(raw)
+
+        return reason_fit((refusal(i, r) for i, r in responses.items()
+                           if not self.cases[i].attack.startswith(BENIGN_PREFIX)), DEFAULT_GUIDE)
 
     def _per_category(self, prompts: list[int], variants: list[str], success: list[bool], aggregate: str):
         groups: dict[str, list[int]] = {}

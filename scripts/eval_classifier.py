@@ -18,7 +18,9 @@ benign resampled apart, 2,000 resamples; JSONs written before 2026-12-04 used 50
 `--answers N`: also decode the first N test-half prompts of each group (32 new tokens, greedy) with
 the gate on (`level: medium`, annealing) and off (`level: low`), and count refusals with the keyword
 judge: over-refusal on benign groups, refusal on harmful ones, and how much of either is the LM's
-own doing (gate off). The recipe is tuned on this, never on the held-out report.
+own doing (gate off); for the plain harmful prompts under the gate, how many refusals give a reason of
+the request's category (the report's `reason_fit`). The recipe is tuned on this, never on the held-out
+report.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from datamodules.hard_negatives import generate_hard_negatives, template_split  
 from datamodules.jailbreaks import suffix_pieces, training_templates, wrap  # noqa: E402
 from datamodules.rephrase import STYLES, rephrasings  # noqa: E402
 from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
-from datamodules.sources import load_source  # noqa: E402
+from datamodules.sources import SafetyRecord, load_source  # noqa: E402
+from evaluation.judges import reason_fit  # noqa: E402
 from evaluation.stats import auroc, bootstrap_auroc_ci, wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
 from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator  # noqa: E402
@@ -60,6 +63,11 @@ CHAT_STYLE_GROUPS = {style: f"chat_{style}" for style in STYLES}
 TAXONOMY_GROUPS = ("taxonomy_harmful", "taxonomy_twins")
 
 
+def source_records(seed: int) -> list[SafetyRecord]:
+    """Every record of the default training-side sources (both sides of the split)."""
+    return [r for src in default_sources() for r in load_source(src, seed=seed)]
+
+
 def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str, str]]:
     """(prompt, label, group, wrapper) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
     `rephrase`, then `wrapped_*`, one `rephrase_<style>` group per rephrasing frame and one `chat_<style>`
@@ -68,7 +76,7 @@ def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> 
     `wrapper` names the template (or "suffix") of a wrapped prompt and is "" for the others: the wrapped
     groups come from few templates, so their counts are clustered by it."""
     rng = random.Random(f"eval-set-{seed}")
-    records = [r for src in default_sources() for r in load_source(src, seed=seed)]
+    records = source_records(seed)
     harmful = sorted({r.prompt for r in records if r.label == 1 and in_validation(r.prompt, val_fraction, seed)})
     benign = [r for r in records if r.label == 0 and in_validation(r.prompt, val_fraction, seed)]
     rng.shuffle(benign)
@@ -106,8 +114,11 @@ def rate(probs, labels, sources, threshold, keep) -> dict:
     return {"flagged": k, "n": len(idx), "rate": k / max(1, len(idx)), "ci": [lo, hi]}
 
 
-def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, batch_size: int = 16) -> dict:
-    """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group."""
+def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, categories: dict[str, str],
+             batch_size: int = 16) -> dict:
+    """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group,
+    and for the `harmful` group under the gate, how many refusals state a reason of the request's
+    category (`evaluation.judges.reason_fit`; `categories`: prompt -> its source's category)."""
     chosen: dict[str, list[str]] = {}
     for prompt, _, group, _ in items:
         if half(prompt) == "test" and len(chosen.setdefault(group, [])) < per_group:
@@ -121,10 +132,14 @@ def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, bat
             k = sum(is_refusal(t) for t in texts)
             out.setdefault(group, {})[f"gate_{level}"] = {"refused": k, "n": len(texts), "rate": k / len(texts),
                                                          "ci": list(wilson(k, len(texts))), "examples": texts[:3]}
+            if group == "harmful" and level == "medium":
+                out[group]["reason_fit"] = reason_fit(
+                    ((t, p, categories[p]) for t, p in zip(texts, prompts)), module.safety.guide)
     return out
 
 
-def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr: float, answers: int = 0) -> dict:
+def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr: float, answers: int = 0,
+             categories: dict[str, str] | None = None) -> dict:
     if model_dir.endswith(".ckpt"):  # a Lightning checkpoint of a run (its threshold is the uncalibrated one)
         module = SafetySignalLM.load_from_checkpoint(model_dir, map_location="cpu", weights_only=True).eval()
     else:
@@ -175,7 +190,7 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr:
     }
     out["wrapped_by_wrapper"] = by_wrapper(probs, items, module.safety.threshold)
     if answers:
-        out["refusals"] = refusals(module, items, answers)
+        out["refusals"] = refusals(module, items, answers, categories or {})
     return out
 
 
@@ -202,10 +217,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     items = eval_set(args.seed)
+    categories = {r.prompt: r.category for r in source_records(args.seed) if r.label == 1} if args.answers else {}
     print(f"[eval] {len(items)} prompts: {sum(y for _, y, _, _ in items)} harmful, {sum(1 - y for _, y, _, _ in items)} benign")
     results = []
     for path in args.exports:
-        result = evaluate(path, items, args.target_fpr, args.answers)
+        result = evaluate(path, items, args.target_fpr, args.answers, categories)
         results.append(result)
         b = result["by_threshold"]
         print(json.dumps({k: v for k, v in result.items() if k not in ("by_threshold", "wrapped_by_wrapper")}))
@@ -219,7 +235,12 @@ def main() -> None:
         for group, levels in result.get("refusals", {}).items():
             print(f"  refused, {group}: " + ", ".join(
                 f"{level} {v['refused']}/{v['n']} ({100 * v['rate']:.0f}%, {100 * v['ci'][0]:.0f}-{100 * v['ci'][1]:.0f})"
-                for level, v in levels.items()))
+                for level, v in levels.items() if level.startswith("gate_")))
+            if levels.get("reason_fit"):
+                fit = levels["reason_fit"]
+                print(f"  reason fits the request, {group} (gate medium): {fit['k']}/{fit['n']} "
+                      f"({100 * fit['rate']:.0f}%, {100 * fit['ci95'][0]:.0f}-{100 * fit['ci95'][1]:.0f}); "
+                      f"generic {fit['generic']}, like no training reason {fit['other']}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
