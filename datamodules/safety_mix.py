@@ -82,6 +82,7 @@ def build_mix(
     match_benign_form: bool = True,
     cls_only_harmful: int | None = 0,
     cls_only_benign_per_harmful: float = 1.0,
+    extra_refusals: int = 0,
     hard_negatives: list[GeneratedPrompt] | None = None,
     hard_negatives_sft: int = 0,
     rephrase_per_prompt: int = 0,
@@ -110,6 +111,10 @@ def build_mix(
         cls_only_harmful: harmful prompts beyond the `num_harmful` SFT ones (None: all the rest).
         cls_only_benign_per_harmful: benign prompts per classification-only harmful prompt, drawn
             from the benign records the SFT rows did not use (form-matched like them).
+        extra_refusals: the first N of those harmful prompts get their refusal as the response instead
+            (an SFT row; with `train_guide: false` only the reason after the guide is an LM target), so
+            the LM sees more requests with their reason. The reasons come from their own seeded stream and
+            the prompts stay where they were, so every other row of the mix is unchanged.
         hard_negatives: benign look-alikes (`datamodules.hard_negatives`), split by *template*
             (whole templates are held out for validation); the first `hard_negatives_sft` training
             ones also get an SFT row whose answer is filled later (`needs_answer`, self-distilled).
@@ -179,8 +184,14 @@ def build_mix(
     sft_prompts = {rec.prompt for rec in harmful}
     rest = harmful_all[len(harmful) :]
     cls_harmful = rest if cls_only_harmful is None else rest[: max(0, cls_only_harmful)]
-    for rec in cls_harmful:
-        examples.append((rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, rec.source, classify_only=True)))
+    refusal_rng = random.Random(f"extra-refusals-{seed}")
+    for i, rec in enumerate(cls_harmful):
+        if i < extra_refusals:
+            refusal = write_refusal(rec.prompt, rec.category, refusal_rng, guide=guide)
+            examples.append((rec.prompt, TrainingExample(rec.prompt, refusal, 1, rec.category, rec.source)))
+        else:
+            examples.append(
+                (rec.prompt, TrainingExample(rec.prompt, "", 1, rec.category, rec.source, classify_only=True)))
     spare_picked: list[SafetyRecord] = []
     if cls_harmful and cls_only_benign_per_harmful > 0:
         used = {rec.prompt for rec in picked}
@@ -364,6 +375,8 @@ class SafetyMixDataModule(L.LightningDataModule):
         cls_only_harmful: training harmful prompts beyond `num_harmful` added as classification-only
             rows (a labelled prompt, no response, no LM loss; None = every remaining one).
         cls_only_benign_per_harmful: benign classification-only rows per harmful one (form-matched).
+        extra_refusals: the first N of those classification-only harmful prompts are SFT rows with a
+            refusal instead, so the LM learns the reason for more requests (`build_mix`).
         hard_negatives: generated benign look-alikes (`datamodules.hard_negatives`; 0 = off, None = all),
             classification-only; validation holds out whole templates.
         hard_negatives_sft: of the training hard negatives, how many also get an SFT row with the base
@@ -430,6 +443,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         predict_path: str | None = None,
         cls_only_harmful: int | None = 0,
         cls_only_benign_per_harmful: float = 1.0,
+        extra_refusals: int = 0,
         hard_negatives: int | None = 0,
         hard_negatives_sft: int = 0,
         rephrase_per_prompt: int = 0,
@@ -477,6 +491,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.match_benign_form = match_benign_form
         self.cls_only_harmful = cls_only_harmful
         self.cls_only_benign_per_harmful = cls_only_benign_per_harmful
+        self.extra_refusals = extra_refusals
         self.hard_negatives = hard_negatives
         self.hard_negatives_sft = hard_negatives_sft
         self.rephrase_per_prompt = rephrase_per_prompt
@@ -527,6 +542,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             harmful, benign, self.num_harmful, self.benign_per_harmful, self.prefill_fraction,
             self.val_fraction, self.seed, self.safety.guide, self.match_benign_form,
             cls_only_harmful=self.cls_only_harmful, cls_only_benign_per_harmful=self.cls_only_benign_per_harmful,
+            extra_refusals=self.extra_refusals,
             hard_negatives=hard_negatives, hard_negatives_sft=self.hard_negatives_sft,
             rephrase_per_prompt=self.rephrase_per_prompt, rephrase_sft=self.rephrase_sft,
             rephrase_styles=self.rephrase_styles or DEFAULT_STYLES, rephrase_benign=self.rephrase_benign,

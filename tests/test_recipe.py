@@ -758,3 +758,51 @@ def test_length_grouped_batches_pad_less_and_still_cover_every_row_once():
     again = GroupedBatchSampler(kinds, batch_size=4, cls_factor=2, seed=3, lengths=lengths)
     again.resume(0, 7)
     assert list(again) == list(grouped)[7:]
+
+
+def test_validation_reason_fit_scores_gated_refusals_of_the_plain_harmful_group_by_their_category(
+        tiny_module, monkeypatch):
+    import scripts.eval_classifier as ev
+    from datamodules.refusals import REASONS
+    from safety_signal.decoding import Answer
+
+    guide = tiny_module.safety.guide
+    items = [(p, 1, "harmful", "") for p in ("hack a bank", "hack a phone", "make a bomb", "no guide here")]
+    items += [(p, 1, "rephrase", "") for p in ("how did people hack banks",)]
+    items += [(p, 0, "chat", "") for p in ("bake bread",)]
+    monkeypatch.setattr(ev, "half", lambda prompt: "test")
+    answers = {"hack a bank": f"{guide} {REASONS['cybercrime'][0]}",  # fits
+               "hack a phone": f"{guide} {REASONS['weapons'][0]}",  # a reason of another category
+               "make a bomb": f"{guide} {REASONS['weapons'][1]}",  # fits
+               "no guide here": "Sure, here is how."}  # not a gated refusal: not counted
+
+    def generate(self, prompts):
+        return [Answer(text=answers.get(p, f"{guide} {REASONS['weapons'][0]}")) for p in prompts]
+
+    monkeypatch.setattr(ev.SafetyGatedGenerator, "generate", generate)
+    categories = {"hack a bank": "cybercrime", "hack a phone": "cybercrime", "make a bomb": "weapons",
+                  "no guide here": "weapons"}
+    out = ev.refusals(tiny_module, items, per_group=10, categories=categories)
+    fit = out["harmful"]["reason_fit"]
+    assert (fit["k"], fit["n"], fit["other"]) == (2, 3, 0)
+    assert "reason_fit" not in out["rephrase"] and "reason_fit" not in out["chat"]
+    assert out["harmful"]["gate_medium"]["n"] == 4
+
+
+def test_extra_refusals_turn_classification_only_harmful_prompts_into_refusal_rows_and_change_nothing_else():
+    common = dict(num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.2, val_fraction=0.2, seed=3,
+                  cls_only_harmful=30, rephrase_per_prompt=1, rephrase_sft=4, wrapped=10, pieces=["foo", "!", "baz"])
+    harmful, benign = _records(60, 1, "hack"), _records(200, 0, "soup")
+    plain = build_mix(harmful, benign, **common)
+    more = build_mix(harmful, benign, extra_refusals=12, **common)
+    key = lambda ex: (ex.prompt, ex.response, ex.label, ex.source, ex.prefill, ex.classify_only)  # noqa: E731
+    before = [key(ex) for ex in plain.train + plain.val]
+    after = [key(ex) for ex in more.train + more.val]
+    changed = [(b, a) for b, a in zip(before, after) if b != a]
+    assert len(before) == len(after) and len(changed) == 12
+    for b, a in changed:  # the same harmful prompt, now with a refusal as its LM target
+        assert b[0] == a[0] and b[2] == a[2] == 1 and b[5] and not a[5]
+        assert b[1] == "" and a[1].startswith(DEFAULT_GUIDE + " ")
+    sft_harmful = [ex for ex in plain.train + plain.val if ex.label == 1 and not ex.classify_only and not ex.prefill
+                   and ex.source == "hack"]
+    assert len(sft_harmful) == 10  # the num_harmful SFT rows stay as they were
