@@ -115,12 +115,15 @@ def rate(probs, labels, sources, threshold, keep) -> dict:
 
 
 def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, categories: dict[str, str],
-             batch_size: int = 16) -> dict:
+             groups: list[str] | None = None, batch_size: int = 16) -> dict:
     """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group,
     and for the `harmful` group under the gate, how many refusals state a reason of the request's
-    category (`evaluation.judges.reason_fit`; `categories`: prompt -> its source's category)."""
+    category (`evaluation.judges.reason_fit`; `categories`: prompt -> its source's category). `groups`:
+    only these groups (None: all)."""
     chosen: dict[str, list[str]] = {}
     for prompt, _, group, _ in items:
+        if groups is not None and group not in groups:
+            continue
         if half(prompt) == "test" and len(chosen.setdefault(group, [])) < per_group:
             chosen[group].append(prompt)
     out: dict[str, dict] = {}
@@ -139,7 +142,7 @@ def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, cat
 
 
 def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr: float, answers: int = 0,
-             categories: dict[str, str] | None = None) -> dict:
+             categories: dict[str, str] | None = None, answer_groups: list[str] | None = None) -> dict:
     if model_dir.endswith(".ckpt"):  # a Lightning checkpoint of a run (its threshold is the uncalibrated one)
         module = SafetySignalLM.load_from_checkpoint(model_dir, map_location="cpu", weights_only=True).eval()
     else:
@@ -190,7 +193,7 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr:
     }
     out["wrapped_by_wrapper"] = by_wrapper(probs, items, module.safety.threshold)
     if answers:
-        out["refusals"] = refusals(module, items, answers, categories or {})
+        out["refusals"] = refusals(module, items, answers, categories or {}, answer_groups)
     return out
 
 
@@ -214,6 +217,7 @@ def main() -> None:
                              "seed trains on most of seed 0's validation prompts")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--answers", type=int, default=0, help="decode this many test-half prompts per group")
+    parser.add_argument("--answer-groups", nargs="+", default=None, help="decode only these groups (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     items = eval_set(args.seed)
@@ -221,7 +225,7 @@ def main() -> None:
     print(f"[eval] {len(items)} prompts: {sum(y for _, y, _, _ in items)} harmful, {sum(1 - y for _, y, _, _ in items)} benign")
     results = []
     for path in args.exports:
-        result = evaluate(path, items, args.target_fpr, args.answers, categories)
+        result = evaluate(path, items, args.target_fpr, args.answers, categories, args.answer_groups)
         results.append(result)
         b = result["by_threshold"]
         print(json.dumps({k: v for k, v in result.items() if k not in ("by_threshold", "wrapped_by_wrapper")}))

@@ -783,6 +783,7 @@ def test_validation_reason_fit_scores_gated_refusals_of_the_plain_harmful_group_
     categories = {"hack a bank": "cybercrime", "hack a phone": "cybercrime", "make a bomb": "weapons",
                   "no guide here": "weapons"}
     out = ev.refusals(tiny_module, items, per_group=10, categories=categories)
+    assert set(ev.refusals(tiny_module, items, 10, categories, groups=["harmful"])) == {"harmful"}
     fit = out["harmful"]["reason_fit"]
     assert (fit["k"], fit["n"], fit["other"]) == (2, 3, 0)
     assert "reason_fit" not in out["rephrase"] and "reason_fit" not in out["chat"]
