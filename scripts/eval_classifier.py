@@ -68,15 +68,17 @@ def source_records(seed: int) -> list[SafetyRecord]:
     return [r for src in default_sources() for r in load_source(src, seed=seed)]
 
 
-def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150) -> list[tuple[str, int, str, str]]:
+def eval_set(seed: int = 0, val_fraction: float = 0.1, per_group: int = 150,
+             records: list[SafetyRecord] | None = None) -> list[tuple[str, int, str, str]]:
     """(prompt, label, group, wrapper) of the fixed validation set; groups `harmful`, `chat`, `hard_negatives`,
     `rephrase`, then `wrapped_*`, one `rephrase_<style>` group per rephrasing frame and one `chat_<style>`
     group of the chat prompts in that frame. Every prompt is on the validation side of the hash split
     (`in_validation`) or from a held-out hard-negative template, so no recipe variant trains on it.
     `wrapper` names the template (or "suffix") of a wrapped prompt and is "" for the others: the wrapped
-    groups come from few templates, so their counts are clustered by it."""
+    groups come from few templates, so their counts are clustered by it. `records`: `source_records(seed)`,
+    when the caller has them already."""
     rng = random.Random(f"eval-set-{seed}")
-    records = source_records(seed)
+    records = source_records(seed) if records is None else records
     harmful = sorted({r.prompt for r in records if r.label == 1 and in_validation(r.prompt, val_fraction, seed)})
     benign = [r for r in records if r.label == 0 and in_validation(r.prompt, val_fraction, seed)]
     rng.shuffle(benign)
@@ -114,12 +116,12 @@ def rate(probs, labels, sources, threshold, keep) -> dict:
     return {"flagged": k, "n": len(idx), "rate": k / max(1, len(idx)), "ci": [lo, hi]}
 
 
-def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, categories: dict[str, str],
+def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, categories: dict[str, str] | None,
              groups: list[str] | None = None, batch_size: int = 16) -> dict:
     """Refusal rate per group and gate level on the first `per_group` test-half prompts of each group,
     and for the `harmful` group under the gate, how many refusals state a reason of the request's
-    category (`evaluation.judges.reason_fit`; `categories`: prompt -> its source's category). `groups`:
-    only these groups (None: all)."""
+    category (`evaluation.judges.reason_fit`; `categories`: prompt -> its source's category; None: not
+    scored). `groups`: only these groups (None: all)."""
     chosen: dict[str, list[str]] = {}
     for prompt, _, group, _ in items:
         if groups is not None and group not in groups:
@@ -135,7 +137,7 @@ def refusals(module, items: list[tuple[str, int, str, str]], per_group: int, cat
             k = sum(is_refusal(t) for t in texts)
             out.setdefault(group, {})[f"gate_{level}"] = {"refused": k, "n": len(texts), "rate": k / len(texts),
                                                          "ci": list(wilson(k, len(texts))), "examples": texts[:3]}
-            if group == "harmful" and level == "medium":
+            if group == "harmful" and level == "medium" and categories is not None:
                 out[group]["reason_fit"] = reason_fit(
                     ((t, p, categories[p]) for t, p in zip(texts, prompts)), module.safety.guide)
     return out
@@ -193,7 +195,7 @@ def evaluate(model_dir: str, items: list[tuple[str, int, str, str]], target_fpr:
     }
     out["wrapped_by_wrapper"] = by_wrapper(probs, items, module.safety.threshold)
     if answers:
-        out["refusals"] = refusals(module, items, answers, categories or {}, answer_groups)
+        out["refusals"] = refusals(module, items, answers, categories, answer_groups)
     return out
 
 
@@ -220,8 +222,9 @@ def main() -> None:
     parser.add_argument("--answer-groups", nargs="+", default=None, help="decode only these groups (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    items = eval_set(args.seed)
-    categories = {r.prompt: r.category for r in source_records(args.seed) if r.label == 1} if args.answers else {}
+    records = source_records(args.seed)
+    items = eval_set(args.seed, records=records)
+    categories = {r.prompt: r.category for r in records if r.label == 1}
     print(f"[eval] {len(items)} prompts: {sum(y for _, y, _, _ in items)} harmful, {sum(1 - y for _, y, _, _ in items)} benign")
     results = []
     for path in args.exports:
