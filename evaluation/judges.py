@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from datamodules.sources import package_file
+from evaluation.metrics import Rate
 from evaluation.stats import cohen_kappa, format_interval, format_rate, rate_record, wilson
 from safety_signal.layout import ProbeConfig, collate_examples, encode_example
 from safety_signal.masks import Role
@@ -238,7 +239,7 @@ def reason_fit(refusals: Iterable[tuple[str, str, str]], guide: str) -> dict[str
         other += stated == OTHER_REASON
     if not n:
         return None
-    return {**rate_record(fits, n), "value": fits / n, "generic": generic, "other": other}
+    return {**Rate(fits, n).to_dict(), "generic": generic, "other": other}
 
 
 # --------------------------------------------------------------------------- agreement with human labels
