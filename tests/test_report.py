@@ -487,3 +487,30 @@ def test_sample_answers_take_a_few_distinct_prompts_per_attack():
     assert [s["prompt"] for s in samples["direct"]] == ["p0", "p1"] and list(samples) == ["direct", "template"]
     assert all(len(s["answer"]) == 160 for cell in samples.values() for s in cell)
     assert sample_answers({}) == {}
+
+
+def test_compare_reports_pairs_two_reports_per_prompt(tmp_path, capsys):
+    """`scripts/compare_reports.py`: B vs A on the prompts both answered; b = broken only under B."""
+    from evaluation.stats import mcnemar_exact, rate_record
+    from scripts.compare_reports import main
+
+    def report(broken: set[int], refused: set[int]) -> dict:
+        direct = {str(i): i in broken for i in range(20)}
+        alpaca = {str(i): i in refused for i in range(10)}
+        return {"columns": {METHOD: {"utility": {"perplexity": {"perplexity": 7.5, "tokens": 100}}, "metrics": {
+            "asr": {"direct": rate_record(len(broken), 20)}, "over_refusal": {"alpaca_eval": rate_record(len(refused), 10)},
+            "outcomes": {"asr": {"direct": direct}, "over_refusal": {"alpaca_eval": alpaca}}, "classifier": None}}}}
+
+    paths = []
+    for name, result in (("a", report({0, 1, 2, 3, 4, 5, 6}, {0})), ("b", report({0, 7}, {0, 1, 2}))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    main([str(paths[0]), str(paths[1]), "--names", "old", "new", "--out", str(tmp_path / "paired.json")])
+    table = capsys.readouterr().out
+    paired = json.loads((tmp_path / "paired.json").read_text())["paired"]
+    assert (paired["asr"]["direct"]["b"], paired["asr"]["direct"]["c"]) == (1, 6)  # 7 only under B; 1-6 only under A
+    assert paired["over_refusal"]["alpaca_eval"]["b"] == 2 and paired["over_refusal"]["alpaca_eval"]["c"] == 0
+    assert "| ASR direct | 35.0% (7/20)" in table and "| 10.0% (2/20)" in table
+    assert f"| {mcnemar_exact(1, 6):.2g} |" in table
+    with pytest.raises(SystemExit, match="no column 'SFT baseline'"):
+        main([str(paths[0]), str(paths[1]), "--column", "SFT baseline"])
