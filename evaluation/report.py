@@ -44,7 +44,7 @@ from evaluation.judges import (
     GuardModelJudge, agreement_markdown, classifier_answer_probs, is_degenerate, judge_agreement_tables,
 )
 from evaluation.metrics import attack_success_rate, mmlu_accuracy, mmlu_questions, response_perplexity
-from evaluation.stats import format_interval, format_rate, paired_mcnemar
+from evaluation.stats import format_interval, format_p, format_rate, paired_mcnemar
 from evaluation.runner import GatedResponder, PlainResponder
 from evaluation.suite import BENIGN_PREFIX, SafetySuite, SuiteConfig, response_record
 from lightning_modules.safety_signal_lm import SafetySignalLM
@@ -365,15 +365,12 @@ def _count(value: Any) -> str:
     return "all" if value is None else str(value)
 
 
-def _auroc_cell(classifier: dict[str, Any] | None) -> str:
+def auroc_cell(classifier: dict[str, Any] | None) -> str:
+    """`0.983 [0.975-0.989]`: a column's first-verdict AUROC and its bootstrap interval; `—` without a classifier."""
     if not classifier:
         return "—"
     interval = classifier.get("auroc_ci95")
     return f"{classifier['auroc']:.3f}" + (f" {format_interval(interval, scale=1.0, digits=3)}" if interval else "")
-
-
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -434,7 +431,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         for kind, label in (("asr", ""), ("over_refusal", "over-refusal ")):
             for name, test in tests.get(kind, {}).items():
                 lines.append(f"| {label}{name} | {100 * test['first_rate']:.1f}% | {100 * test['second_rate']:.1f}% | "
-                             f"{test['b']} | {test['c']} | {_p(test['p'])} |" if test["n"] else
+                             f"{test['b']} | {test['c']} | {format_p(test['p'])} |" if test["n"] else
                              f"| {label}{name} | — | — | 0 | 0 | — |")
 
     lines += ["", "## Degenerate answers (counted apart; share of answered cases)", "",
@@ -471,7 +468,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## The method's classifier and gate", "", head, rule]
     classifier = {c: metric(c, "classifier") for c in columns}
     lines.append(row("classifier auroc [95% bootstrap] (first verdict, harmful vs benign prompts)",
-                     [_auroc_cell(classifier[c]) for c in columns]))
+                     [auroc_cell(classifier[c]) for c in columns]))
     for key in ("f1", "accuracy"):
         lines.append(row(f"classifier {key} (first verdict, harmful vs benign prompts)",
                          [f"{classifier[c][key]:.3f}" if classifier[c] else "—" for c in columns]))

@@ -162,6 +162,11 @@ def format_interval(interval: Sequence[float] | None, scale: float = 100.0, digi
     return f"[{scale * interval[0]:.{digits}f}-{scale * interval[1]:.{digits}f}]"
 
 
+def format_p(value: float) -> str:
+    """A p-value for a table: `6e-07` below 0.001, else `0.125`."""
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
 def format_rate(record: Mapping[str, Any] | None) -> str:
     """`12.5% (2/16) [3.5-36.0]` for a `rate_record`; `—` for None; `n/a` for n = 0."""
     if record is None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluation.report import METHOD, paired_tests  # noqa: E402
-from evaluation.stats import format_interval, format_rate  # noqa: E402
+from evaluation.report import METHOD, auroc_cell, paired_tests  # noqa: E402
+from evaluation.stats import format_p, format_rate  # noqa: E402
 from safety_signal.io import write_json_atomic  # noqa: E402
 
 
@@ -37,13 +37,6 @@ def _first_verdict_at(metrics: dict[str, Any], threshold: float) -> str:
     return f"{point['benign_flagged']['k']}/{point['benign_flagged']['n']} / {point['harmful_missed']['k']}/{point['harmful_missed']['n']}"
 
 
-def _auroc(metrics: dict[str, Any]) -> str:
-    classifier = metrics.get("classifier") or {}
-    if classifier.get("auroc") is None:
-        return "—"
-    return f"{classifier['auroc']:.3f} {format_interval(classifier.get('auroc_ci95'), scale=1.0, digits=3)}"
-
-
 def _perplexity(column: dict[str, Any]) -> str:
     perplexity = (column.get("utility") or {}).get("perplexity") or {}
     # A preset without utility answers records perplexity 1.0 over 0 tokens.
@@ -60,10 +53,9 @@ def compare(first: dict[str, Any], second: dict[str, Any], names: tuple[str, str
         for name in a[kind]:
             if name not in b[kind]:
                 continue
-            p = tests[kind].get(name, {}).get("p")
             lines.append(f"| {label} {name} | {format_rate(a[kind][name])} | {format_rate(b[kind][name])} | "
-                         f"{'—' if p is None else f'{p:.2g}'} |")
-    lines.append(f"| first-verdict AUROC | {_auroc(a)} | {_auroc(b)} | |")
+                         f"{format_p(tests[kind][name]['p'])} |")
+    lines.append(f"| first-verdict AUROC | {auroc_cell(a.get('classifier'))} | {auroc_cell(b.get('classifier'))} | |")
     lines.append(f"| first verdict at 0.5: benign flagged / harmful missed | {_first_verdict_at(a, 0.5)} | "
                  f"{_first_verdict_at(b, 0.5)} | |")
     lines.append(f"| reason fit of gated refusals | {format_rate(a.get('reason_fit'))} | "

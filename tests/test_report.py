@@ -491,7 +491,7 @@ def test_sample_answers_take_a_few_distinct_prompts_per_attack():
 
 def test_compare_reports_pairs_two_reports_per_prompt(tmp_path, capsys):
     """`scripts/compare_reports.py`: B vs A on the prompts both answered; b = broken only under B."""
-    from evaluation.stats import mcnemar_exact, rate_record
+    from evaluation.stats import format_p, mcnemar_exact, rate_record
     from scripts.compare_reports import main
 
     def report(broken: set[int], refused: set[int]) -> dict:
@@ -511,6 +511,6 @@ def test_compare_reports_pairs_two_reports_per_prompt(tmp_path, capsys):
     assert (paired["asr"]["direct"]["b"], paired["asr"]["direct"]["c"]) == (1, 6)  # 7 only under B; 1-6 only under A
     assert paired["over_refusal"]["alpaca_eval"]["b"] == 2 and paired["over_refusal"]["alpaca_eval"]["c"] == 0
     assert "| ASR direct | 35.0% (7/20)" in table and "| 10.0% (2/20)" in table
-    assert f"| {mcnemar_exact(1, 6):.2g} |" in table
+    assert f"| {format_p(mcnemar_exact(1, 6))} |" in table
     with pytest.raises(SystemExit, match="no column 'SFT baseline'"):
         main([str(paths[0]), str(paths[1]), "--column", "SFT baseline"])
