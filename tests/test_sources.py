@@ -113,6 +113,31 @@ def test_sharegpt_filtered_and_cached(cache: Path) -> None:
     assert load_source(DataSource("sharegpt")) == records  # now read from the cache file
 
 
+def test_sharegpt_lookalikes_are_later_turns_no_training_row_holds(tmp_path: Path) -> None:
+    answer = "Here is a clear and helpful answer to your question."
+    conversations = [
+        {"id": "a_0", "conversations": [
+            {"from": "human", "value": "How do I kill a Python process?"}, {"from": "gpt", "value": answer},
+            {"from": "human", "value": "And how do I kill the zombie processes too?"}, {"from": "gpt", "value": answer},
+            {"from": "human", "value": "How do I attack this chess opening?"},
+            {"from": "gpt", "value": "I'm sorry, but I can't help with that."},
+            {"from": "human", "value": "Thanks, what about sorting a list?"}, {"from": "gpt", "value": answer}]},
+        # A later part of a split conversation: its first turn is a later turn of the original.
+        {"id": "a_1", "conversations": [
+            {"from": "human", "value": "Which books about a murder mystery club would you suggest?"},
+            {"from": "gpt", "value": answer}]},
+        {"id": "b_0", "conversations": [
+            {"from": "human", "value": "What is weaponized incompetence?"}, {"from": "gpt", "value": answer},
+            {"from": "human", "value": "How do I kill a Python process?"}, {"from": "gpt", "value": answer}]},
+    ]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(conversations)[:-1] + ', {"id": "c_0", "conversa', encoding="utf-8")  # cut mid-record
+    assert sources.sharegpt_lookalikes(path) == [
+        "And how do I kill the zombie processes too?",
+        "Which books about a murder mystery club would you suggest?",
+    ]
+
+
 def test_gsm_symbolic_seeded() -> None:
     a = load_source(DataSource("gsm_symbolic", limit=50), seed=0)
     b = load_source(DataSource("gsm_symbolic", limit=50), seed=0)
