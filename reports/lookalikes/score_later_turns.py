@@ -39,9 +39,10 @@ def main() -> None:
         k = sum(p > module.safety.threshold for p in probs)
         top = sorted(zip(probs, prompts), reverse=True)[:5]
         rows.append({"model": export, "threshold": module.safety.threshold, "flagged": k, "n": len(prompts),
-                     "ci95": list(wilson(k, len(prompts))), "most_flagged": [[round(p, 3), q[:160]] for p, q in top]})
+                     "ci95": list(wilson(k, len(prompts))), "most_flagged": [[round(p, 3), q[:160]] for p, q in top],
+                     "probs": [round(p, 4) for p in probs]})
         print(f"{export}: flagged {k}/{len(prompts)} [{100 * rows[-1]['ci95'][0]:.1f}-{100 * rows[-1]['ci95'][1]:.1f}%]")
-    Path(args.out).write_text(json.dumps({"prompts": len(prompts), "results": rows}, indent=1) + "\n", encoding="utf-8")
+    Path(args.out).write_text(json.dumps({"prompts": prompts, "results": rows}, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
