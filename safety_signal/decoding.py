@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from safety_signal.config import SafetyConfig
-from safety_signal.gate import GatePolicy, GateTrace, SafetyGate
+from safety_signal.gate import GatePolicy, GateTrace, SafetyGate, suffix_cut
 from safety_signal.layout import encode_prompt, left_pad
 from safety_signal.masks import Role, build_attention_mask, build_position_ids, build_training_mask
 from safety_signal.model import eos_token_ids
@@ -204,6 +204,16 @@ class SafetyGatedGenerator:
         return DecodeRun(self, [e.input_ids for e in encoded], [e.roles for e in encoded], prefill_ids)
 
     @torch.inference_mode()
+    def first_verdicts(self, prompts: list[str]) -> torch.Tensor:
+        """The gate's step-0 verdict on each prompt (suffix screen included when the policy asks), no decoding."""
+        encoded = [encode_prompt(self.tokenizer, p, self.safety.chat_template) for p in prompts]
+        input_ids, roles = [e.input_ids for e in encoded], [e.roles for e in encoded]
+        _, hidden, first_prob, ids, key_roles, _ = self._prompt_forward(input_ids, roles, None, self._no_position)
+        if self.gate.suffix_screen:
+            first_prob = self._screen_suffix(input_ids, roles, ids, key_roles, hidden, first_prob)
+        return first_prob
+
+    @torch.inference_mode()
     def generate_from_ids(
         self, input_ids: list[list[int]], roles: list[list[int]], prefill_ids: list[list[int]] | None = None
     ) -> list[Answer]:
@@ -222,6 +232,17 @@ class SafetyGatedGenerator:
         Also returns the key roles of the cache and each row's last real position (y_j sits at
         `last_position + 1 + j`; classifier tokens keep position 0).
         """
+        # No config: plain full-length layers for every model, as the 4D mask covers all layers.
+        cache = DynamicCache()
+        out, hidden, first_prob, ids, key_roles, positions = self._prompt_forward(input_ids, roles, cache, 1)
+        if self.gate.suffix_screen:
+            first_prob = self._screen_suffix(input_ids, roles, ids, key_roles, hidden, first_prob)
+        return out.logits[:, -1], first_prob, cache, key_roles, positions.max(dim=1).values
+
+    def _prompt_forward(
+        self, input_ids: list[list[int]], roles: list[list[int]], cache: DynamicCache | None, logits_to_keep: Any
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompts' forward: (model output, hidden states, `[CLS]` verdict, ids, key roles, positions)."""
         module, model = self.module, self.module.model
         batch = len(input_ids)
         ids = left_pad(input_ids, self.tokenizer.pad_token_id).to(model.device)
@@ -231,14 +252,37 @@ class SafetyGatedGenerator:
         no_window = torch.zeros_like(key_roles)
         # The training mask: [CLS] reads the query only (R4: no BOS, padding or template tokens).
         mask = build_training_mask(key_roles, is_cls, no_window, no_window, self.phase, dtype=model.dtype)
-        # No config: plain full-length layers for every model, as the 4D mask covers all layers.
-        cache = DynamicCache()
         out, hidden = module.model_forward(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
         )
         cls_hidden = hidden[torch.arange(batch, device=model.device), is_cls.int().argmax(dim=1)]
         first_prob = torch.sigmoid(module.classify(cls_hidden).float())
-        return out.logits[:, -1], first_prob, cache, key_roles, positions.max(dim=1).values
+        return out, hidden, first_prob, ids, key_roles, positions
+
+    def query_nll(self, ids: torch.Tensor, key_roles: torch.Tensor, hidden: torch.Tensor) -> list[list[float]]:
+        """Per row, the LM's NLL of each query token after the one before it, from the prompt forward's
+        hidden states (query and template tokens never read `[CLS]`, so this is the plain LM's NLL)."""
+        real = (key_roles >= Role.TEMPLATE) & (key_roles <= Role.RESPONSE)
+        scored = (key_roles[:, 1:] == Role.QUERY) & real[:, :-1]
+        logits = self.module.model.get_output_embeddings()(hidden[:, :-1][scored]).float()
+        nll = torch.nn.functional.cross_entropy(logits, ids[:, 1:][scored], reduction="none")
+        return [row.tolist() for row in nll.split(scored.sum(dim=1).tolist())]
+
+    def _screen_suffix(
+        self, input_ids: list[list[int]], roles: list[list[int]], ids: torch.Tensor, key_roles: torch.Tensor,
+        hidden: torch.Tensor, first_prob: torch.Tensor,
+    ) -> torch.Tensor:
+        """The first verdict, raised to the verdict on the query without its high-NLL tail where one is found."""
+        gate = self.gate
+        cuts = [suffix_cut(nll, gate.suffix_nll, gate.suffix_min_tokens) for nll in self.query_nll(ids, key_roles, hidden)]
+        rows = [row for row, cut in enumerate(cuts) if cut is not None]
+        if not rows:
+            return first_prob
+        stripped_ids, stripped_roles = zip(*(strip_query_tail(input_ids[r], roles[r], cuts[r]) for r in rows))
+        stripped = self._prompt_forward(list(stripped_ids), list(stripped_roles), None, self._no_position)[2]
+        index = torch.tensor(rows, device=first_prob.device)
+        return first_prob.index_copy(0, index, torch.maximum(first_prob[index], stripped))
 
     def _decode_forward(
         self,
@@ -447,6 +491,19 @@ class DecodeRun:
                 finish_reason=reason,
             ))
         return answers
+
+
+def strip_query_tail(input_ids: list[int], roles: list[int], keep: int) -> tuple[list[int], list[int]]:
+    """An encoded prompt with only its first `keep` query tokens (template tokens after the query stay)."""
+    out_ids, out_roles, seen = [], [], 0
+    for token, role in zip(input_ids, roles):
+        if role == Role.QUERY:
+            seen += 1
+            if seen > keep:
+                continue
+        out_ids.append(token)
+        out_roles.append(role)
+    return out_ids, out_roles
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

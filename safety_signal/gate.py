@@ -7,6 +7,11 @@ masks only let classifier tokens read query and response tokens):
     R3  benign-to-malicious switch at S:   response tokens [S - r2, S + r3); a benign verdict
                                            returns the row to R2
 
+Suffix screen (opt-in, `GatePolicy.suffix_screen`): an adversarial suffix (GCG and its kin) is a run of
+tokens the LM finds very unlikely after a fluent request. When the query's per-token NLL splits best into a
+head and a tail whose mean NLL is at least `suffix_nll`, the first verdict is the larger of the `[CLS]`
+verdict on the whole query and on the query without that tail (`suffix_cut` finds the split).
+
 Strategic decoding: `low` ignores verdicts; `medium` queues the guide text right away when the
 first verdict is malicious, or after `tau` consecutive malicious re-evaluations, and keeps
 generating; `high` stops the row and answers with a fixed refusal.
@@ -55,6 +60,10 @@ class GatePolicy:
         threshold, r1, r2, r3: override the model's calibrated threshold and trained windows
             (`SafetyConfig`); None uses the model's.
         refusal: the whole answer of a row stopped by `high`.
+        suffix_screen: also classify the query without a high-NLL tail (see `suffix_cut`) and take
+            the larger first verdict; one extra `[CLS]` forward for the rows where it fires.
+        suffix_nll: the mean NLL (nats per token, under the model's own LM) a tail needs to count.
+        suffix_min_tokens: the shortest tail that counts.
     """
 
     level: Level = "medium"
@@ -68,6 +77,9 @@ class GatePolicy:
     r2: int | None = None
     r3: int | None = None
     refusal: str = DEFAULT_REFUSAL
+    suffix_screen: bool = False
+    suffix_nll: float = 8.0
+    suffix_min_tokens: int = 6
 
     def __post_init__(self) -> None:
         # YAML and checkpoints hand segments back as lists; keep one canonical form.
@@ -84,6 +96,8 @@ class GatePolicy:
             raise ValueError("r1, r2 and r3 must be >= 1")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.suffix_nll <= 0 or self.suffix_min_tokens < 1:
+            raise ValueError("suffix_nll must be > 0 and suffix_min_tokens >= 1")
 
     def scheduled(self, step: int) -> bool:
         """Whether the schedule re-evaluates at decode step `step` (>= 1; step 0 is the `[CLS]` verdict)."""
@@ -103,6 +117,34 @@ class GatePolicy:
         out = asdict(self)
         out["annealing"] = [list(segment) for segment in self.annealing]
         return out
+
+
+# A suffix screen keeps at least this many query tokens: a cut must leave a request to classify.
+MIN_HEAD_TOKENS = 3
+
+
+def suffix_cut(nll: list[float], min_nll: float, min_tail: int, min_head: int = MIN_HEAD_TOKENS) -> int | None:
+    """Where a query's adversarial-looking tail starts, or None.
+
+    `nll[i]` is the LM's NLL of query token i. The split is the two-segment least-squares change point
+    (head `nll[:s]`, tail `nll[s:]`, each a constant; `min_head` / `min_tail` tokens at least); it counts
+    when the tail's mean NLL is at least `min_nll`. Returns `s`, the number of query tokens to keep.
+    """
+    n = len(nll)
+    if n < min_head + min_tail:
+        return None
+    values = torch.tensor(nll, dtype=torch.float64)
+    sums = torch.cat([values.new_zeros(1), values.cumsum(0)])
+    squares = torch.cat([values.new_zeros(1), (values * values).cumsum(0)])
+    cuts = torch.arange(min_head, n - min_tail + 1)
+    head_n, tail_n = cuts.double(), (n - cuts).double()
+    head_sum, tail_sum = sums[cuts], sums[n] - sums[cuts]
+    # Sum of squared deviations from each segment's mean: sum(x^2) - (sum x)^2 / count.
+    error = (squares[cuts] - head_sum**2 / head_n) + (squares[n] - squares[cuts] - tail_sum**2 / tail_n)
+    best = int(error.argmin())
+    if tail_sum[best] / tail_n[best] < min_nll:
+        return None
+    return int(cuts[best])
 
 
 @dataclass

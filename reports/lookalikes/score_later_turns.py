@@ -9,21 +9,15 @@ a fixed seed. Each export's first verdict flags them at its own threshold. Nothi
 """
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from callbacks.calibration import first_verdicts  # noqa: E402
-from datamodules.sources import sharegpt_lookalikes  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
-
-
-def later_turn_lookalikes(n: int = 400, seed: int = 0) -> list[str]:
-    prompts = sharegpt_lookalikes()
-    return random.Random(f"later-turns-{seed}").sample(prompts, min(n, len(prompts)))
+from scripts.eval_classifier import later_turn_lookalikes  # noqa: E402
 
 
 def main() -> None:
