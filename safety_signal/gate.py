@@ -7,7 +7,7 @@ masks only let classifier tokens read query and response tokens):
     R3  benign-to-malicious switch at S:   response tokens [S - r2, S + r3); a benign verdict
                                            returns the row to R2
 
-Suffix screen (opt-in, `GatePolicy.suffix_screen`): an adversarial suffix (GCG and its kin) is a run of
+Suffix screen (`GatePolicy.suffix_screen`, on by default): an adversarial suffix (GCG and its kin) is a run of
 tokens the LM finds very unlikely after a fluent request. When the query's per-token NLL splits best into a
 head and a tail whose mean NLL is at least `suffix_nll`, the first verdict is the larger of the `[CLS]`
 verdict on the whole query and on the query without that tail (`suffix_cut` finds the split).
@@ -61,7 +61,9 @@ class GatePolicy:
             (`SafetyConfig`); None uses the model's.
         refusal: the whole answer of a row stopped by `high`.
         suffix_screen: also classify the query without a high-NLL tail (see `suffix_cut`) and take
-            the larger first verdict; one extra `[CLS]` forward for the rows where it fires.
+            the larger first verdict; one extra `[CLS]` forward for the rows where it fires. The
+            defaults were chosen on our validation prompts (reports/recipe.md, Result 19b): a shorter
+            tail or a lower NLL also fires on benign prompts whose own ending is unusual text.
         suffix_nll: the mean NLL (nats per token, under the model's own LM) a tail needs to count.
         suffix_min_tokens: the shortest tail that counts.
     """
@@ -77,9 +79,9 @@ class GatePolicy:
     r2: int | None = None
     r3: int | None = None
     refusal: str = DEFAULT_REFUSAL
-    suffix_screen: bool = False
-    suffix_nll: float = 8.0
-    suffix_min_tokens: int = 6
+    suffix_screen: bool = True
+    suffix_nll: float = 10.0
+    suffix_min_tokens: int = 16
 
     def __post_init__(self) -> None:
         # YAML and checkpoints hand segments back as lists; keep one canonical form.
