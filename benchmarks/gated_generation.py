@@ -3,17 +3,22 @@
 Variants (greedy, same tokens everywhere: the untrained head reads p = 0.5, i.e. benign, so no
 guide is inserted and every variant decodes exactly the same sequence):
   hf_generate      `model.generate(do_sample=False)`, left padded, `[CLS]` suppressed
-  ours_off         our loop, `level=low`, `schedule=first` (no probes)
+  ours_off         our loop, `level=low`, `schedule=first` (no probes); every variant but the last
+                   without the suffix screen
   first            `medium`, the [CLS] verdict only
   annealing        `medium`, default (until_step, every) segments
   periodic4        `medium`, a probe every 4 steps
   each             `medium`, a probe every step (fused into the decode forward)
   each_separate    `medium`, a probe every step in its own forward (the alternative design)
+  annealing_screen `annealing` with the suffix screen (`GatePolicy.suffix_screen`, the default gate); with
+                   `--published-suffix K` every prompt ends in a published GCG suffix, so it fires on every row
 
     python benchmarks/gated_generation.py                     # SmolLM2-135M, batch 1 and 16
     python benchmarks/gated_generation.py --tiny              # the tiny random Llama
     python benchmarks/gated_generation.py --variants annealing each --annealing "[[8,1],[64,8],[256,32]]"
                                                               # a subset, plus another annealing list
+    python benchmarks/gated_generation.py --batch-sizes 16 --max-new-tokens 32 --variants annealing annealing_screen \
+        --published-suffix 0                                  # the screen's cost where it fires on every row
 
 Targets: annealing <= 0.05x over plain decoding (ours_off), each <= 0.3x, ours_off within
 1.1x of hf_generate, batch 16 >= 5x the throughput of batch 1.
@@ -34,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.jailbreaks import published_suffixes  # noqa: E402
 from safety_signal.layout import encode_prompt  # noqa: E402
 from safety_signal.decoding import DecodingConfig, SafetyGatedGenerator  # noqa: E402
 from safety_signal.gate import GatePolicy  # noqa: E402
@@ -63,12 +69,13 @@ PROMPTS = [
 ]
 
 VARIANTS: dict[str, dict] = {
-    "ours_off": dict(level="low", schedule="first"),
-    "first": dict(level="medium", schedule="first"),
-    "annealing": dict(level="medium", schedule="annealing"),
-    "periodic4": dict(level="medium", schedule="periodic", period=4),
-    "each": dict(level="medium", schedule="each"),
-    "each_separate": dict(level="medium", schedule="each", fuse_probe=False),
+    "ours_off": dict(level="low", schedule="first", suffix_screen=False),
+    "first": dict(level="medium", schedule="first", suffix_screen=False),
+    "annealing": dict(level="medium", schedule="annealing", suffix_screen=False),
+    "periodic4": dict(level="medium", schedule="periodic", period=4, suffix_screen=False),
+    "each": dict(level="medium", schedule="each", suffix_screen=False),
+    "each_separate": dict(level="medium", schedule="each", fuse_probe=False, suffix_screen=False),
+    "annealing_screen": dict(level="medium", schedule="annealing"),  # the default gate: suffix screen on
 }
 
 
@@ -123,6 +130,8 @@ def main() -> None:
                         help="variants to run (hf_generate and ours_off always run: they are the baselines)")
     parser.add_argument("--annealing", type=json.loads, action="append", default=[],
                         help="an extra annealing variant, as JSON [[until_step, every], ...]; repeatable")
+    parser.add_argument("--published-suffix", type=int, default=None,
+                        help="append published_suffixes()[K] to every prompt (the suffix screen then fires on every row)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (with --threads 1, robust to other jobs on the machine)")
     args = parser.parse_args()
@@ -140,9 +149,14 @@ def main() -> None:
           f"torch {torch.__version__}, {datetime.date.today()}")
     print(f"command: python benchmarks/gated_generation.py {' '.join(sys.argv[1:])}")
     variants = {name: VARIANTS[name] for name in ["ours_off", *args.variants]}
+    prompt_set = PROMPTS
+    if args.published_suffix is not None:
+        suffix = published_suffixes()[args.published_suffix]
+        prompt_set = [f"{p} {suffix}" for p in PROMPTS]
+        print(f"every prompt ends in published suffix {args.published_suffix}")
     for segments in args.annealing:
         variants[f"annealing{json.dumps(segments, separators=(',', ':'))}"] = dict(
-            level="medium", schedule="annealing", annealing=segments)
+            level="medium", schedule="annealing", annealing=segments, suffix_screen=False)
     print(f"max_new_tokens={args.max_new_tokens}, default annealing={GatePolicy().annealing}, "
           f"repeats={args.repeats}, clock={args.clock}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -153,7 +167,7 @@ def main() -> None:
 
     throughput: dict[int, dict[str, float]] = {}
     for batch_size in args.batch_sizes:
-        prompts = PROMPTS[: args.batch1_prompts] if batch_size == 1 else PROMPTS[:batch_size]
+        prompts = prompt_set[: args.batch1_prompts] if batch_size == 1 else prompt_set[:batch_size]
         runs = {"hf_generate": lambda p: hf_generate(module, p, args.max_new_tokens)}
         for variant, options in variants.items():
             runs[variant] = lambda p, options=options: ours(module, options, args.max_new_tokens, p)

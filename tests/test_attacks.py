@@ -130,6 +130,17 @@ def test_suffix_attack_appends_garaks_gcg_strings():
     assert len(SuffixAttack(pairing="all").apply(PROMPTS)) == 13 * 3
 
 
+def test_published_suffixes_for_validation_are_not_the_reports_suffixes():
+    from datamodules.jailbreaks import published_suffixes
+    published, evaluated = published_suffixes(), gcg_suffixes()
+    assert len(published) == 5 and len(set(published)) == 5
+    words = lambda text: set(text.split())  # noqa: E731
+    for suffix in published:
+        assert suffix not in evaluated
+        # No near-copy either: at most a third of a published suffix's words appear in any report suffix.
+        assert all(len(words(suffix) & words(e)) <= len(words(suffix)) / 3 for e in evaluated)
+
+
 def test_registry_builds_the_default_suite(tokenizer):
     attacks = [build_attack(spec, tokenizer) for spec in default_attack_specs()]
     assert [a.name for a in attacks] == [

@@ -157,3 +157,24 @@ def test_threshold_and_windows_default_to_the_models_and_can_be_overridden():
     assert gate.start(verdicts(True)).tolist() == [False]  # 0.9 is benign under a 0.95 threshold
     with pytest.raises(ValueError, match="threshold"):
         GatePolicy(threshold=1.5)
+
+
+def test_suffix_cut_finds_the_start_of_an_unlikely_tail():
+    from safety_signal.gate import suffix_cut
+    request = [3.0, 1.5, 4.0, 2.5, 3.5, 2.0, 3.0, 2.5]
+    suffix = [11.0, 9.5, 12.0, 10.5, 11.5, 10.0, 9.0]
+    assert suffix_cut(request + suffix, min_nll=8.0, min_tail=6) == len(request)
+    # A fluent query, a tail below the bar, a tail shorter than min_tail, or no room for a head: no cut.
+    assert suffix_cut(request * 2, min_nll=8.0, min_tail=6) is None
+    assert suffix_cut(request + suffix, min_nll=12.0, min_tail=6) is None
+    assert suffix_cut(request + suffix[:3], min_nll=8.0, min_tail=6) is None
+    assert suffix_cut(suffix[:7], min_nll=8.0, min_tail=6) is None
+    # A cut keeps at least min_head tokens even when the whole query is unlikely.
+    assert suffix_cut(suffix + suffix, min_nll=8.0, min_tail=6, min_head=3) >= 3
+
+
+def test_suffix_screen_settings_are_checked():
+    with pytest.raises(ValueError, match="suffix_nll"):
+        GatePolicy(suffix_nll=0.0)
+    with pytest.raises(ValueError, match="suffix_min_tokens"):
+        GatePolicy(suffix_min_tokens=0)

@@ -456,3 +456,58 @@ def test_compaction_drops_finished_rows_from_the_forward_without_changing_any_an
         assert a.verdict_steps == b.verdict_steps == s.verdict_steps
         assert a.verdict_probs == pytest.approx(b.verdict_probs, abs=1e-5)
         assert a.intervention_step == b.intervention_step == s.intervention_step
+
+
+# ---------------------------------------------------------------------- suffix screen
+def test_query_nll_from_the_prefill_matches_a_plain_lm_forward(lively_module):
+    """The screen's NLL comes from the prefill (with [CLS] in the row): it must be the plain LM's, as HF computes it."""
+    generator = gated(lively_module)
+    prompts = PROMPTS[:2]
+    encoded = [encode_prompt(lively_module.tokenizer, p) for p in prompts]
+    out, hidden, _, ids, key_roles, _ = generator._prompt_forward(
+        [e.input_ids for e in encoded], [e.roles for e in encoded], None, generator._no_position)
+    ours = generator.query_nll(ids, key_roles, hidden)
+    for prompt, enc, row in zip(prompts, encoded, ours):
+        plain_ids = torch.tensor([enc.input_ids[1:]])  # without [CLS]: the plain chat-formatted text
+        with torch.no_grad():
+            logits = lively_module.model(input_ids=plain_ids).logits[0].float()
+        nll = torch.nn.functional.cross_entropy(logits[:-1], plain_ids[0, 1:], reduction="none")
+        query = [i for i, r in enumerate(enc.roles[1:]) if r == Role.QUERY and i >= 1]
+        assert len(row) == len(query) > 3
+        torch.testing.assert_close(torch.tensor(row), nll[[i - 1 for i in query]], rtol=1e-4, atol=1e-4)
+
+
+def test_suffix_screen_takes_the_larger_verdict_of_the_query_and_its_head(lively_module, monkeypatch):
+    """With an NLL profile whose tail is the suffix, the screened verdict is max(whole query, query without it)."""
+    head_text, suffix = "Tell me a long story about a dragon who guards a library", " zq vex plork brindle quux snarf"
+    tokenizer = lively_module.tokenizer
+    whole = encode_prompt(tokenizer, head_text + suffix)
+    head = encode_prompt(tokenizer, head_text)
+    n_head = sum(r == Role.QUERY for r in head.roles)
+    n_query = sum(r == Role.QUERY for r in whole.roles)
+    query_ids = lambda enc: [t for t, r in zip(enc.input_ids, enc.roles) if r == Role.QUERY]  # noqa: E731
+    assert query_ids(whole)[:n_head] == query_ids(head)  # the suffix starts on a token boundary
+
+    def profile(self, ids, key_roles, hidden):  # low NLL over the request, high over the suffix
+        return [[2.0] * n_head + [12.0] * (n_query - n_head)] * ids.shape[0]
+
+    monkeypatch.setattr(SafetyGatedGenerator, "query_nll", profile)
+    with head_state(lively_module, weight_std=0.5, bias=0.0, seed=3):
+        plain = gated(lively_module, suffix_screen=False).first_verdicts([head_text + suffix, head_text])
+        screen = dict(suffix_screen=True, suffix_nll=8.0, suffix_min_tokens=4)
+        screened = gated(lively_module, **screen).first_verdicts([head_text + suffix])
+        assert not torch.isclose(plain[0], plain[1])  # the suffix changes the verdict, so the test can tell
+        torch.testing.assert_close(screened[0], torch.maximum(plain[0], plain[1]))
+        # The gate starts from the screened verdict: the trace's step-0 probability is it.
+        answer = gated(lively_module, **screen, max_new_tokens=3).generate([head_text + suffix])[0]
+        assert answer.verdict_probs[0] == pytest.approx(float(screened[0]), abs=1e-5)
+
+
+def test_suffix_screen_changes_nothing_when_no_tail_is_unlikely(lively_module, monkeypatch):
+    monkeypatch.setattr(SafetyGatedGenerator, "query_nll",
+                        lambda self, ids, key_roles, hidden: [[3.0] * 40 for _ in range(ids.shape[0])])
+    with head_state(lively_module, weight_std=0.5, seed=1):
+        off = gated(lively_module, max_new_tokens=6, schedule="each", suffix_screen=False).generate(PROMPTS)
+        on = gated(lively_module, max_new_tokens=6, schedule="each", suffix_screen=True).generate(PROMPTS)
+    assert [a.token_ids for a in on] == [a.token_ids for a in off]
+    assert [a.verdict_probs for a in on] == [a.verdict_probs for a in off]
