@@ -14,8 +14,9 @@ Endpoints: `POST /v1/chat/completions` (non-streaming and `stream: true`), `GET 
   the one the same request gets alone (batch 1).
 - The gate's settings are the export's `safety_config.json` (threshold, windows, guide) and the
   server's `--gate.*` options. A request may change them in an extension field `safety`
-  (`{"level", "threshold", "tau", "schedule", "follow_up", "hold_back"}`) only towards a stricter
-  gate (`level` up, `threshold` / `tau` down, `schedule: each`, `follow_up` / `hold_back` on)
+  (`{"level", "threshold", "tau", "schedule", "follow_up", "hold_back", "suffix_screen"}`) only towards a
+  stricter gate (`level` up, `threshold` / `tau` down, `schedule: each`, `follow_up` / `hold_back` /
+  `suffix_screen` on)
   unless the server runs with `--allow_weaker_overrides true`.
 - The safety trace is the extension field `safety` of the choice (the final chunk's choice when
   streaming): verdict steps and probabilities, whether and at which step the gate intervened, and
@@ -291,7 +292,7 @@ class RequestParser:
             return server, hold_back
         if not isinstance(override, dict):
             raise RequestError("'safety' must be an object.", "safety")
-        allowed = {"level", "threshold", "tau", "schedule", "follow_up", "hold_back"}
+        allowed = {"level", "threshold", "tau", "schedule", "follow_up", "hold_back", "suffix_screen"}
         unknown = set(override) - allowed
         if unknown:
             raise RequestError(f"Unknown field(s) {sorted(unknown)} in 'safety'; allowed: {sorted(allowed)}.", "safety")
@@ -331,18 +332,18 @@ class RequestParser:
             if schedule not in ("each", server.schedule) and not weaker:
                 refuse("schedule", f"{schedule!r} probes less often than the server's {server.schedule!r}")
             values["schedule"] = schedule
-        for name in ("follow_up", "hold_back"):
+        for name in ("follow_up", "hold_back", "suffix_screen"):
             if name in override:
                 flag = override[name]
                 if not isinstance(flag, bool):
                     raise RequestError(f"'safety.{name}' must be a boolean.", f"safety.{name}")
-                current = server.follow_up if name == "follow_up" else opts.hold_back
+                current = opts.hold_back if name == "hold_back" else values[name]
                 if current and not flag and not weaker:
                     refuse(name, "false")
                 if name == "hold_back":
                     hold_back = flag
                 else:
-                    values["follow_up"] = flag
+                    values[name] = flag
         return GatePolicy(**values), hold_back
 
 

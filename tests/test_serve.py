@@ -25,7 +25,7 @@ import torch
 from lightning_modules.safety_signal_lm import SafetySignalLM
 from safety_signal.decoding import SafetyGatedGenerator
 from safety_signal.gate import GatePolicy
-from serve import BatchDecoder, RequestParser, ServeOptions, decoding_config
+from serve import BatchDecoder, RequestError, RequestParser, ServeOptions, decoding_config
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,8 @@ def test_a_request_may_only_tighten_the_gate(served, client):
     assert high.choices[0].message.content == refused.text
     assert high.usage.completion_tokens == len(refused.token_ids)
     for override, param in [({"level": "low"}, "safety.level"), ({"threshold": 0.9}, "safety.threshold"),
-                            ({"hold_back": False}, "safety.hold_back"), ({"tau": 5}, "safety.tau")]:
+                            ({"hold_back": False}, "safety.hold_back"), ({"tau": 5}, "safety.tau"),
+                            ({"suffix_screen": False}, "safety.suffix_screen")]:
         status, body = _post(base, {"messages": [{"role": "user", "content": "hi"}], "safety": override})
         assert status == 400 and body["error"]["param"] == param, (override, body)
 
@@ -313,6 +314,23 @@ def test_hold_back_keeps_a_confirmed_verdicts_tokens_from_the_client(one_torch_t
     assert held["trace"]["leaked_tokens"] == 3 and held["trace"]["withheld_tokens"] == 5
     assert held["text"] == decode(ids[:3] + ids[8:])
     assert held["first"] == 3 and plain["first"] == 0  # time to first token: tau steps later
+
+
+def test_a_request_may_turn_the_suffix_screen_on_but_not_off():
+    module = _lively_module()
+    body = {"messages": [{"role": "user", "content": BENIGN}]}
+    for server_screen in (False, True):
+        for weaker in (False, True):
+            options = ServeOptions(model="unused", model_id="tiny", allow_weaker_overrides=weaker,
+                                   gate=GatePolicy(suffix_screen=server_screen).to_dict())
+            parser = RequestParser(options, module.tokenizer, module.safety, 2048)
+            assert parser.parse({**body, "safety": {"suffix_screen": True}})["gate"]["suffix_screen"] is True
+            if server_screen and not weaker:
+                with pytest.raises(RequestError) as error:
+                    parser.parse({**body, "safety": {"suffix_screen": False}})
+                assert error.value.param == "safety.suffix_screen"
+            else:
+                assert parser.parse({**body, "safety": {"suffix_screen": False}})["gate"]["suffix_screen"] is False
 
 
 # ---------------------------------------------------------------------- loading and prompts
