@@ -29,6 +29,8 @@ from safety_signal.model import eos_token_ids
 from safety_signal.refusal import GUIDE_SEPARATOR
 
 FinishReason = Literal["eos", "length", "refusal"]
+# Query tokens whose LM-head logits the suffix screen holds at once.
+NLL_CHUNK = 512
 
 
 class GateableModel(Protocol):
@@ -265,8 +267,13 @@ class SafetyGatedGenerator:
         hidden states (query and template tokens never read `[CLS]`, so this is the plain LM's NLL)."""
         real = (key_roles >= Role.TEMPLATE) & (key_roles <= Role.RESPONSE)
         scored = (key_roles[:, 1:] == Role.QUERY) & real[:, :-1]
-        logits = self.module.model.get_output_embeddings()(hidden[:, :-1][scored]).float()
-        nll = torch.nn.functional.cross_entropy(logits, ids[:, 1:][scored], reduction="none")
+        head, states, targets = self.module.model.get_output_embeddings(), hidden[:, :-1][scored], ids[:, 1:][scored]
+        # In chunks: a batch of long prompts times a large vocabulary would otherwise be gigabytes of logits.
+        nll = torch.cat([
+            torch.nn.functional.cross_entropy(head(states[i:i + NLL_CHUNK]).float(), targets[i:i + NLL_CHUNK],
+                                              reduction="none")
+            for i in range(0, len(states), NLL_CHUNK)
+        ]) if len(states) else states.new_zeros(0)
         return [row.tolist() for row in nll.split(scored.sum(dim=1).tolist())]
 
     def _screen_suffix(

@@ -459,8 +459,9 @@ def test_compaction_drops_finished_rows_from_the_forward_without_changing_any_an
 
 
 # ---------------------------------------------------------------------- suffix screen
-def test_query_nll_from_the_prefill_matches_a_plain_lm_forward(lively_module):
+def test_query_nll_from_the_prefill_matches_a_plain_lm_forward(lively_module, monkeypatch):
     """The screen's NLL comes from the prefill (with [CLS] in the row): it must be the plain LM's, as HF computes it."""
+    monkeypatch.setattr("safety_signal.decoding.NLL_CHUNK", 5)  # several chunks, one cut inside a row
     generator = gated(lively_module)
     prompts = PROMPTS[:2]
     encoded = [encode_prompt(lively_module.tokenizer, p) for p in prompts]
