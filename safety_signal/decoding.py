@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from safety_signal.config import SafetyConfig
-from safety_signal.gate import GatePolicy, GateTrace, SafetyGate, suffix_cut
+from safety_signal.gate import MIN_HEAD_TOKENS, GatePolicy, GateTrace, SafetyGate, suffix_cut
 from safety_signal.layout import encode_prompt, left_pad
 from safety_signal.masks import Role, build_attention_mask, build_position_ids, build_training_mask
 from safety_signal.model import eos_token_ids
@@ -262,11 +262,15 @@ class SafetyGatedGenerator:
         first_prob = torch.sigmoid(module.classify(cls_hidden).float())
         return out, hidden, first_prob, ids, key_roles, positions
 
-    def query_nll(self, ids: torch.Tensor, key_roles: torch.Tensor, hidden: torch.Tensor) -> list[list[float]]:
+    def query_nll(
+        self, ids: torch.Tensor, key_roles: torch.Tensor, hidden: torch.Tensor, min_tokens: int = 0
+    ) -> list[list[float]]:
         """Per row, the LM's NLL of each query token after the one before it, from the prompt forward's
-        hidden states (query and template tokens never read `[CLS]`, so this is the plain LM's NLL)."""
+        hidden states (query and template tokens never read `[CLS]`, so this is the plain LM's NLL).
+        Rows with fewer than `min_tokens` such tokens get an empty list and cost nothing."""
         real = (key_roles >= Role.TEMPLATE) & (key_roles <= Role.RESPONSE)
         scored = (key_roles[:, 1:] == Role.QUERY) & real[:, :-1]
+        scored &= scored.sum(dim=1, keepdim=True) >= min_tokens
         head, states, targets = self.module.model.get_output_embeddings(), hidden[:, :-1][scored], ids[:, 1:][scored]
         # In chunks: a batch of long prompts times a large vocabulary would otherwise be gigabytes of logits.
         nll = torch.cat([
@@ -282,7 +286,9 @@ class SafetyGatedGenerator:
     ) -> torch.Tensor:
         """The first verdict, raised to the verdict on the query without its high-NLL tail where one is found."""
         gate = self.gate
-        cuts = [suffix_cut(nll, gate.suffix_nll, gate.suffix_min_tokens) for nll in self.query_nll(ids, key_roles, hidden)]
+        # A query shorter than a head plus a tail cannot be cut: its NLL is not computed.
+        nlls = self.query_nll(ids, key_roles, hidden, MIN_HEAD_TOKENS + gate.suffix_min_tokens)
+        cuts = [suffix_cut(nll, gate.suffix_nll, gate.suffix_min_tokens) for nll in nlls]
         rows = [row for row, cut in enumerate(cuts) if cut is not None]
         if not rows:
             return first_prob

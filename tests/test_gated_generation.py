@@ -476,6 +476,11 @@ def test_query_nll_from_the_prefill_matches_a_plain_lm_forward(lively_module, mo
         query = [i for i, r in enumerate(enc.roles[1:]) if r == Role.QUERY and i >= 1]
         assert len(row) == len(query) > 3
         torch.testing.assert_close(torch.tensor(row), nll[[i - 1 for i in query]], rtol=1e-4, atol=1e-4)
+    # A row too short to be cut is skipped; the others are unchanged.
+    short, long = sorted(len(row) for row in ours)
+    skipped = generator.query_nll(ids, key_roles, hidden, min_tokens=short + 1)
+    assert sorted(map(len, skipped)) == [0, long]
+    torch.testing.assert_close(torch.tensor(max(skipped, key=len)), torch.tensor(max(ours, key=len)))
 
 
 def test_suffix_screen_takes_the_larger_verdict_of_the_query_and_its_head(lively_module, monkeypatch):
@@ -489,7 +494,7 @@ def test_suffix_screen_takes_the_larger_verdict_of_the_query_and_its_head(lively
     query_ids = lambda enc: [t for t, r in zip(enc.input_ids, enc.roles) if r == Role.QUERY]  # noqa: E731
     assert query_ids(whole)[:n_head] == query_ids(head)  # the suffix starts on a token boundary
 
-    def profile(self, ids, key_roles, hidden):  # low NLL over the request, high over the suffix
+    def profile(self, ids, key_roles, hidden, min_tokens=0):  # low NLL over the request, high over the suffix
         return [[2.0] * n_head + [12.0] * (n_query - n_head)] * ids.shape[0]
 
     monkeypatch.setattr(SafetyGatedGenerator, "query_nll", profile)
@@ -506,7 +511,7 @@ def test_suffix_screen_takes_the_larger_verdict_of_the_query_and_its_head(lively
 
 def test_suffix_screen_changes_nothing_when_no_tail_is_unlikely(lively_module, monkeypatch):
     monkeypatch.setattr(SafetyGatedGenerator, "query_nll",
-                        lambda self, ids, key_roles, hidden: [[3.0] * 40 for _ in range(ids.shape[0])])
+                        lambda self, ids, key_roles, hidden, min_tokens=0: [[3.0] * 40 for _ in range(ids.shape[0])])
     with head_state(lively_module, weight_std=0.5, seed=1):
         off = gated(lively_module, max_new_tokens=6, schedule="each", suffix_screen=False).generate(PROMPTS)
         on = gated(lively_module, max_new_tokens=6, schedule="each", suffix_screen=True).generate(PROMPTS)
