@@ -22,7 +22,8 @@ from datamodules.prompts import read_prompts
 from datamodules.refusals import affirmative_opening, write_refusal
 from datamodules.rephrase import DEFAULT_STYLES, rephrasings
 from datamodules.sampling import ResumableSampler
-from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source
+from datamodules.sources import (DataSource, SafetyRecord, builtin_source_names, is_heldout, load_source,
+                                 training_lookalikes)
 from safety_signal.config import SafetyConfig
 from safety_signal.model import cls_token_id, load_tokenizer
 from safety_signal.refusal import DEFAULT_GUIDE, GUIDE_SEPARATOR
@@ -31,6 +32,7 @@ REPHRASE_SOURCE = "rephrase"
 REPHRASE_BENIGN_SOURCE = "rephrase_benign"
 WRAPPED_SOURCE = "wrapped"
 CONTINUATION_SOURCE = "harmful_continuation"
+LOOKALIKE_SOURCE = "sharegpt_lookalike"
 
 
 def default_sources() -> list[DataSource]:
@@ -98,6 +100,7 @@ def build_mix(
     benign_continuations: int = 0,
     forced_opening_fraction: float = 1.0,
     harm_taxonomy: list[GeneratedPrompt] | None = None,
+    lookalikes: Sequence[str] = (),
 ) -> MixSplit:
     """Seeded mix: refusals for harmful prompts, prefill-recovery copies, benign at the given ratio.
 
@@ -143,6 +146,9 @@ def build_mix(
             classification-only with their labels, split by template like the hard negatives (a held-out
             harmful template holds out its twin); added after the continuations are chosen, so every
             other row stays as it was.
+        lookalikes: real benign look-alikes (`datamodules.sources.training_lookalikes`), classification-only,
+            label 0, training split only (their validation draw is scored by `scripts/eval_classifier.py`, not
+            by the calibration), added last, so every other row stays as it was.
         benign_continuations: training benign classification-only rows (half hard negatives, half
             chat prompts, as far as there are) that get the base model's answer as prefill, label 0:
             the probes' negatives, the same form as the harmful continuations (dangerous-sounding
@@ -279,6 +285,10 @@ def build_mix(
         train_tx, val_tx = taxonomy_split(harm_taxonomy, val_fraction, seed)
         for part, items in ((split.train, train_tx), (split.val, val_tx)):
             part += [TrainingExample(i.prompt, "", i.label, i.family, i.source, classify_only=True) for i in items]
+    if lookalikes:
+        taken = {ex.prompt for ex in split.train + split.val}
+        split.train += [TrainingExample(p, "", 0, "general", LOOKALIKE_SOURCE, classify_only=True)
+                        for p in dict.fromkeys(lookalikes) if p not in taken]
     rng.shuffle(split.train)
     return split
 
@@ -423,6 +433,9 @@ class SafetyMixDataModule(L.LightningDataModule):
         harm_taxonomy: generated harmful requests across a harm taxonomy and as many form-matched benign
             twins (`datamodules.harm_taxonomy`; 0 = off, None = all), classification-only; validation
             holds out whole templates of both.
+        lookalikes: real benign look-alikes, later ShareGPT turns that name a harm topic
+            (`datamodules.sources.training_lookalikes`: none from a conversation of the validation draw),
+            classification-only, label 0 (0 = off, None = all, N = the first N of a seeded shuffle).
     """
 
     def __init__(
@@ -464,6 +477,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         forced_opening_fraction: float = 1.0,
         continuation_tokens: int = 48,
         harm_taxonomy: int | None = 0,
+        lookalikes: int | None = 0,
     ) -> None:
         super().__init__()
         if hard_negatives_sft and not self_distill:
@@ -512,6 +526,7 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.forced_opening_fraction = forced_opening_fraction
         self.continuation_tokens = continuation_tokens
         self.harm_taxonomy = harm_taxonomy
+        self.lookalikes = lookalikes
         self.resume_batches: int | None = None
         # (prompt, label, source) of each validation example, aligned with `val_set` (calibration, reports).
         self.val_meta: list[tuple[str, int, str]] = []
@@ -552,6 +567,7 @@ class SafetyMixDataModule(L.LightningDataModule):
             harmful_continuations=self.harmful_continuations, continuation_sources=self.continuation_sources,
             benign_continuations=self.benign_continuations, forced_opening_fraction=self.forced_opening_fraction,
             harm_taxonomy=generate_taxonomy_prompts(self.harm_taxonomy, self.seed) if self.harm_taxonomy != 0 else None,
+            lookalikes=self._training_lookalikes(),
         )
         self._answer_with_base_model(split)
         encode = partial(
@@ -561,6 +577,13 @@ class SafetyMixDataModule(L.LightningDataModule):
         self.train_set, _ = self._encode(split.train, encode, "train")
         self.val_set, kept_val = self._encode(split.val, encode, "val")
         self.val_meta = [(ex.prompt, ex.label, ex.source) for ex in kept_val]
+
+    def _training_lookalikes(self) -> list[str]:
+        if self.lookalikes == 0:
+            return []
+        prompts = training_lookalikes()
+        random.Random(f"lookalikes-{self.seed}").shuffle(prompts)
+        return prompts if self.lookalikes is None else prompts[: self.lookalikes]
 
     def _answer_with_base_model(self, split: MixSplit) -> None:
         """Fill in the answers the base model writes (once, cached): self-distilled targets of benign SFT

@@ -347,6 +347,7 @@ def _load_rho_overrefusal(path: Path, seed: int, limit: int | None) -> list[Safe
 
 SHAREGPT_PROMPT_CHARS = (10, 1000)
 SHAREGPT_RESPONSE_CHARS = (20, 2500)
+LOOKALIKE_VALIDATION = 400  # later-turn look-alikes held out for validation (reports/lookalikes/)
 SHAREGPT_MIN_ASCII = 0.95  # share of ASCII characters; drops non-English conversations
 SHAREGPT_FILTER_VERSION = 3  # bump when the filters change, so old caches are ignored
 _ROLEPLAY = re.compile(
@@ -416,10 +417,34 @@ def sharegpt_lookalikes(path: Path | None = None) -> list[str]:
     reads first turns only) that pass the training pairs' filters (`sharegpt_keep`: answered without a refusal, no
     role-play framing), name a harm topic of the reason lexicon (`infer_category`) and are no conversation's first
     prompt. Sorted, without duplicates. `path`: the pinned wheel's file by default."""
-    first_prompts, later = set(), set()
+    return sorted(_lookalike_conversations(path))
+
+
+def validation_lookalikes(n: int = LOOKALIKE_VALIDATION, seed: int = 0) -> list[str]:
+    """The fixed validation draw of `n` later-turn look-alikes (reports/lookalikes/; `scripts/eval_classifier.py`)."""
+    prompts = sharegpt_lookalikes()
+    return Random(f"later-turns-{seed}").sample(prompts, min(n, len(prompts)))
+
+
+def training_lookalikes(path: Path | None = None, held: Iterable[str] | None = None) -> list[str]:
+    """The later-turn look-alikes a recipe may train on: none of the validation ones (`held`, by default the draw
+    `validation_lookalikes`) and none from a conversation that holds one of them, since turns of one conversation
+    share a topic and a voice. Sorted."""
+    conversations = _lookalike_conversations(path)
+    held = set(validation_lookalikes() if held is None else held)
+    held_conversations = set().union(*(conversations[p] for p in held if p in conversations))
+    return sorted(p for p, convs in conversations.items() if p not in held and not convs & held_conversations)
+
+
+def _lookalike_conversations(path: Path | None) -> dict[str, set[str]]:
+    """Each later-turn look-alike (see `sharegpt_lookalikes`) -> the conversations it occurs in (the file splits
+    long conversations into parts `<id>_0`, `<id>_1`, ...; a conversation is the id before the part)."""
+    first_prompts: set[str] = set()
+    later: dict[str, set[str]] = {}
     for conv in _sharegpt_conversations(builtin_path("sharegpt") if path is None else path):
         turns = conv.get("conversations") or []
-        first_part = str(conv.get("id", "")).endswith("_0")
+        conv_id = str(conv.get("id", ""))
+        first_part = conv_id.endswith("_0")
         if first_part and turns:
             first_prompts.add(str(turns[0].get("value", "")).strip())
         for i in range(1 if first_part else 0, len(turns) - 1):
@@ -427,8 +452,8 @@ def sharegpt_lookalikes(path: Path | None = None) -> list[str]:
                 continue
             prompt, answer = turns[i]["value"].strip(), turns[i + 1]["value"].strip()
             if sharegpt_keep(prompt, answer) and infer_category(prompt, ""):
-                later.add(prompt)
-    return sorted(later - first_prompts)
+                later.setdefault(prompt, set()).add(conv_id.rsplit("_", 1)[0])
+    return {p: convs for p, convs in later.items() if p not in first_prompts}
 
 
 @lru_cache(maxsize=2)

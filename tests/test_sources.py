@@ -136,6 +136,12 @@ def test_sharegpt_lookalikes_are_later_turns_no_training_row_holds(tmp_path: Pat
         "And how do I kill the zombie processes too?",
         "Which books about a murder mystery club would you suggest?",
     ]
+    # Training look-alikes: not a validation one, nor from its conversation (a_1 is a part of conversation a).
+    assert sources.training_lookalikes(path, held=["And how do I kill the zombie processes too?"]) == []
+    assert sources.training_lookalikes(path, held=["What is weaponized incompetence?"]) == [
+        "And how do I kill the zombie processes too?",
+        "Which books about a murder mystery club would you suggest?",
+    ]
 
 
 def test_gsm_symbolic_seeded() -> None:

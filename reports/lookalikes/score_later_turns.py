@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from callbacks.calibration import first_verdicts  # noqa: E402
 from evaluation.stats import wilson  # noqa: E402
 from lightning_modules.safety_signal_lm import SafetySignalLM  # noqa: E402
-from scripts.eval_classifier import later_turn_lookalikes  # noqa: E402
+from datamodules.sources import validation_lookalikes  # noqa: E402
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("exports", nargs="+")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    prompts = later_turn_lookalikes()
+    prompts = validation_lookalikes()
     rows = []
     for export in args.exports:
         module = SafetySignalLM.from_exported(export).eval()
