@@ -251,6 +251,23 @@ def by_wrapper(probs: list[float], items: list[tuple[str, int, str, str]], thres
     return dict(sorted(out.items()))
 
 
+def no_group_worse(before: dict, after: dict, groups: list[tuple[str, bool, int]], names: tuple[str, str]) -> bool:
+    """Whether no group of `after` is worse than in `before` by more than its tolerance, printing a line per group.
+    `before`/`after`: one threshold's cells of two `evaluate` outputs over the same prompts; `groups`: (cell key,
+    higher is better, tolerance in prompts); `names`: how the two columns are called. The decision rules of
+    reports/recipe.md are written with it."""
+    ok = True
+    for key, higher_is_better, tolerance in groups:
+        a, b = before[key], after[key]
+        assert a["n"] == b["n"], f"{key}: different prompts ({a['n']} vs {b['n']})"
+        worse = (a["flagged"] - b["flagged"]) if higher_is_better else (b["flagged"] - a["flagged"])
+        passes = worse <= tolerance
+        ok &= passes
+        print(f"{key:28s} {names[0]} {a['flagged']:3d}/{a['n']}  {names[1]} {b['flagged']:3d}/{b['n']}  "
+              f"worse by {worse:+d} (tolerance {tolerance}): {'ok' if passes else 'FAILS'}")
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exports", nargs="+")

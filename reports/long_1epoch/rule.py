@@ -9,6 +9,11 @@ Exit status 0 when one pass is kept.
 """
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from scripts.eval_classifier import no_group_worse  # noqa: E402
 
 # (key in by_threshold, higher is better, tolerance in prompts)
 GROUPS = [
@@ -29,15 +34,7 @@ def cells(path: str) -> dict:
 
 def main(two_passes: str, one_pass: str) -> int:
     before, after = cells(two_passes), cells(one_pass)
-    ok = True
-    for key, higher_is_better, tolerance in GROUPS:
-        a, b = before[key], after[key]
-        assert a["n"] == b["n"], f"{key}: different prompts ({a['n']} vs {b['n']})"
-        worse = (a["flagged"] - b["flagged"]) if higher_is_better else (b["flagged"] - a["flagged"])
-        passes = worse <= tolerance
-        ok &= passes
-        print(f"{key:28s} two passes {a['flagged']:3d}/{a['n']}  one pass {b['flagged']:3d}/{b['n']}  "
-              f"worse by {worse:+d} (tolerance {tolerance}): {'ok' if passes else 'FAILS'}")
+    ok = no_group_worse(before, after, GROUPS, ("two passes", "one pass"))
     print("one pass replaces two" if ok else "the preset keeps two passes")
     return 0 if ok else 1
 

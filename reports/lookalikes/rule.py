@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from evaluation.stats import wilson  # noqa: E402
 from datamodules.rephrase import STYLES  # noqa: E402
+from scripts.eval_classifier import no_group_worse  # noqa: E402
 
 # (key in by_threshold, higher is better, tolerance in prompts)
 GROUPS = [
@@ -46,14 +47,7 @@ def main(shipped: str, candidate: str) -> int:
     ok = b["n"] == a["n"] and b["flagged"] < bound
     print(f"{'benign_fpr_lookalikes':28s} shipped {a['flagged']:3d}/{a['n']}  candidate {b['flagged']:3d}/{b['n']}  "
           f"must be < {bound:.1f}: {'gain' if ok else 'NO GAIN'}")
-    for key, higher_is_better, tolerance in GROUPS:
-        a, b = before[key], after[key]
-        assert a["n"] == b["n"], f"{key}: different prompts ({a['n']} vs {b['n']})"
-        worse = (a["flagged"] - b["flagged"]) if higher_is_better else (b["flagged"] - a["flagged"])
-        passes = worse <= tolerance
-        ok &= passes
-        print(f"{key:28s} shipped {a['flagged']:3d}/{a['n']}  candidate {b['flagged']:3d}/{b['n']}  "
-              f"worse by {worse:+d} (tolerance {tolerance}): {'ok' if passes else 'FAILS'}")
+    ok &= no_group_worse(before, after, GROUPS, ("shipped", "candidate"))
     print("the candidate passes" if ok else "the candidate fails: conf/demo.yaml stays as it is")
     return 0 if ok else 1
 
