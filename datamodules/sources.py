@@ -420,10 +420,9 @@ def sharegpt_lookalikes(path: Path | None = None) -> list[str]:
     return sorted(_lookalike_conversations(path))
 
 
-def validation_lookalikes(n: int = LOOKALIKE_VALIDATION, seed: int = 0) -> list[str]:
+def validation_lookalikes(n: int = LOOKALIKE_VALIDATION, seed: int = 0, path: Path | None = None) -> list[str]:
     """The fixed validation draw of `n` later-turn look-alikes (reports/lookalikes/; `scripts/eval_classifier.py`)."""
-    prompts = sharegpt_lookalikes()
-    return Random(f"later-turns-{seed}").sample(prompts, min(n, len(prompts)))
+    return _draw(sharegpt_lookalikes(path), n, seed)
 
 
 def training_lookalikes(path: Path | None = None, held: Iterable[str] | None = None) -> list[str]:
@@ -431,9 +430,13 @@ def training_lookalikes(path: Path | None = None, held: Iterable[str] | None = N
     `validation_lookalikes`) and none from a conversation that holds one of them, since turns of one conversation
     share a topic and a voice. Sorted."""
     conversations = _lookalike_conversations(path)
-    held = set(validation_lookalikes() if held is None else held)
+    held = set(_draw(sorted(conversations), LOOKALIKE_VALIDATION, 0) if held is None else held)
     held_conversations = set().union(*(conversations[p] for p in held if p in conversations))
     return sorted(p for p, convs in conversations.items() if p not in held and not convs & held_conversations)
+
+
+def _draw(prompts: list[str], n: int, seed: int) -> list[str]:
+    return Random(f"later-turns-{seed}").sample(prompts, min(n, len(prompts)))
 
 
 def _lookalike_conversations(path: Path | None) -> dict[str, set[str]]:
