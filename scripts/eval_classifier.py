@@ -251,6 +251,13 @@ def by_wrapper(probs: list[float], items: list[tuple[str, int, str, str]], thres
     return dict(sorted(out.items()))
 
 
+def worse_by(before: dict, after: dict, higher_is_better: bool) -> int:
+    """How many prompts one group's cell `after` is worse than `before` (negative: better)."""
+    assert before["n"] == after["n"], f"different prompts ({before['n']} vs {after['n']})"
+    change = after["flagged"] - before["flagged"]
+    return -change if higher_is_better else change
+
+
 def no_group_worse(before: dict, after: dict, groups: list[tuple[str, bool, int]], names: tuple[str, str]) -> bool:
     """Whether no group of `after` is worse than in `before` by more than its tolerance, printing a line per group.
     `before`/`after`: one threshold's cells of two `evaluate` outputs over the same prompts; `groups`: (cell key,
@@ -259,8 +266,7 @@ def no_group_worse(before: dict, after: dict, groups: list[tuple[str, bool, int]
     ok = True
     for key, higher_is_better, tolerance in groups:
         a, b = before[key], after[key]
-        assert a["n"] == b["n"], f"{key}: different prompts ({a['n']} vs {b['n']})"
-        worse = (a["flagged"] - b["flagged"]) if higher_is_better else (b["flagged"] - a["flagged"])
+        worse = worse_by(a, b, higher_is_better)
         passes = worse <= tolerance
         ok &= passes
         print(f"{key:28s} {names[0]} {a['flagged']:3d}/{a['n']}  {names[1]} {b['flagged']:3d}/{b['n']}  "

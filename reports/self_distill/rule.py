@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from reports.lookalikes.rule import GROUPS as LOOKALIKE_RULE_GROUPS  # noqa: E402
-from scripts.eval_classifier import no_group_worse  # noqa: E402
+from scripts.eval_classifier import no_group_worse, worse_by  # noqa: E402
 
 GROUPS = LOOKALIKE_RULE_GROUPS + [("benign_fpr_lookalikes", False, 3)]
 BENIGN_ANSWERED, HARMFUL_ANSWERED, ANSWER_TOLERANCE = ("chat", "hard_negatives", "lookalikes"), ("harmful",), 3
@@ -38,12 +38,8 @@ def load(path: str) -> dict:
 
 def gained(before: dict, after: dict) -> list[str]:
     """The groups where `after` is better than `before` by more than their tolerance."""
-    out = []
-    for key, higher_is_better, tolerance in GROUPS:
-        better = after[key]["flagged"] - before[key]["flagged"]
-        if (better if higher_is_better else -better) > tolerance:
-            out.append(key)
-    return out
+    return [key for key, higher_is_better, tolerance in GROUPS
+            if -worse_by(before[key], after[key], higher_is_better) > tolerance]
 
 
 def refused(result: dict, groups: tuple[str, ...], level: str) -> tuple[int, int]:
